@@ -1,0 +1,10 @@
+/* xsync/xsync.h — everything. */
+#ifndef XSYNC_XSYNC_H
+#define XSYNC_XSYNC_H
+
+#include <xsync/alloc.h>
+#include <xsync/context.h>
+#include <xsync/error.h>
+#include <xsync/time.h>
+
+#endif

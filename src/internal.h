@@ -1,0 +1,32 @@
+/* Internal helpers shared by the modules (never installed). */
+#ifndef XSYNC_INTERNAL_H
+#define XSYNC_INTERNAL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <xsync/alloc.h>
+#include <xsync/error.h>
+
+#define XS_LIKELY(x) __builtin_expect(!!(x), 1)
+#define XS_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define XS_CONTAINER_OF(p, type, member) ((type *)(void *)((char *)(p) - offsetof(type, member)))
+
+/* NULL: the process default, read once (objects keep what this returns). */
+const xs_allocator *xs__allocator_resolve(const xs_allocator *a);
+void *xs__alloc(const xs_allocator *a, size_t size);
+void *xs__calloc(const xs_allocator *a, size_t size);
+void xs__free(const xs_allocator *a, void *ptr, size_t size);
+
+/* a + b clamped to [INT64_MIN, INT64_MAX]. */
+static inline int64_t xs__add_sat(int64_t a, int64_t b)
+{
+    int64_t r;
+    if (__builtin_add_overflow(a, b, &r))
+        return b > 0 ? INT64_MAX : INT64_MIN;
+    return r;
+}
+
+#endif
