@@ -199,7 +199,7 @@ struct xs_bench {
     bool timer_on;
     int64_t start_ns;
     int64_t duration_ns;       /* accumulated while the timer was on */
-    xs_alloc_counter *ctr;     /* NULL: could not allocate one */
+    xs_alloc_counter *ctr;     /* installed as the default during a run */
     int64_t start_allocs, start_bytes;
     int64_t net_allocs, net_bytes;
     int64_t bytes_per_op;
@@ -545,17 +545,19 @@ static void run_n(xs_bench *b, int64_t n)
 {
     b->n = n;
     b->parallelism = 1;
-    const xs_allocator *cur = xs_allocator_default();
-    b->ctr = counter_wrapping(cur);
-    const xs_allocator *prev = b->ctr ? xs_allocator_set_default(&b->ctr->allocator) : NULL;
+    b->ctr = counter_wrapping(xs_allocator_default());
+    if (!b->ctr) {
+        xs_bench_fail(b, "out of memory for the counting allocator");
+        return;
+    }
+    const xs_allocator *prev = xs_allocator_set_default(&b->ctr->allocator);
 
     timer_reset(b);
     timer_start(b);
     b->e->fn(b, b->e->arg);
     timer_stop(b);
 
-    if (b->ctr)
-        xs_allocator_set_default(prev);
+    xs_allocator_set_default(prev);
     b->prev_n = n;
     b->prev_duration_ns = b->duration_ns;
 }

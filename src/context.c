@@ -28,6 +28,7 @@
 #define XS_HAVE_EVENTFD 1
 #endif
 
+#include "context_internal.h"
 #include "internal.h"
 #include "park.h"
 #include "timer.h"
@@ -62,6 +63,7 @@ struct xs_ctx {
     _Atomic bool linked;
     xs_ctx *kids, *prev, *next;  /* children list (ours), sibling links (in link_parent's) */
     xs_ctx_after *afters;
+    xs__ctx_waiter *watches;      /* library waiters (context_internal.h) */
     int fd_read, fd_write;
     bool timer_armed;            /* written only at creation */
     xs__timer timer;
@@ -160,6 +162,12 @@ static void cancel_locked(xs_ctx *c, uint32_t st, int cause, xs_ctx_after **fire
         *fire_list = h;
     }
     c->afters = NULL;
+    for (xs__ctx_waiter *w = c->watches, *next; w; w = next) {
+        next = w->next;
+        w->armed = false;
+        w->fn(w);
+    }
+    c->watches = NULL;
     if (c->timer_armed)
         xs__timer_del(c->clock, &c->timer, false);
     xs_ctx *kid = c->kids, *next;
@@ -287,6 +295,7 @@ static int new_cancel(xs_ctx *parent, int64_t deadline, int dl_cause, xs_ctx **o
     atomic_init(&c->linked, false);
     c->kids = c->prev = c->next = NULL;
     c->afters = NULL;
+    c->watches = NULL;
     c->fd_read = c->fd_write = -1;
 
     xs_ctx *p = parent->canceler;
@@ -545,8 +554,10 @@ int xs_ctx_after_func(xs_ctx *ctx, void (*fn)(void *arg), void *arg, xs_ctx_afte
     }
     atomic_init(&h->refs, stop ? 2 : 1);
     xs__lock_acquire(&c->lock);
-    h->armed = atomic_load_explicit(&c->state, memory_order_relaxed) == 0;
-    if (h->armed) {
+    /* A local copy: once unlocked, a cancellation may clear h->armed. */
+    bool armed = atomic_load_explicit(&c->state, memory_order_relaxed) == 0;
+    h->armed = armed;
+    if (armed) {
         h->owner = c;
         h->next = c->afters;
         if (c->afters)
@@ -556,7 +567,7 @@ int xs_ctx_after_func(xs_ctx *ctx, void (*fn)(void *arg), void *arg, xs_ctx_afte
             atomic_fetch_add_explicit(&c->mrefs, 1, memory_order_relaxed);
     }
     xs__lock_release(&c->lock);
-    if (!h->armed)
+    if (!armed)
         fire(h); /* already done: run at once */
     if (stop)
         *stop = h;
@@ -590,6 +601,49 @@ bool xs_ctx_after_stop(xs_ctx_after *h)
     }
     after_put(h);
     return stopped;
+}
+
+/* ---- library waiters ---- */
+
+bool xs__ctx_watch(xs_ctx *ctx, xs__ctx_waiter *w)
+{
+    xs_ctx *c = ctx->canceler;
+    w->armed = false;
+    w->prev = w->next = NULL;
+    if (!c)
+        return true;
+    xs__lock_acquire(&c->lock);
+    bool live = atomic_load_explicit(&c->state, memory_order_relaxed) == 0;
+    if (live) {
+        w->armed = true;
+        w->next = c->watches;
+        if (c->watches)
+            c->watches->prev = w;
+        c->watches = w;
+    }
+    xs__lock_release(&c->lock);
+    return live;
+}
+
+bool xs__ctx_unwatch(xs_ctx *ctx, xs__ctx_waiter *w)
+{
+    xs_ctx *c = ctx->canceler;
+    if (!c)
+        return true;
+    /* Taking the lock also waits out a cancellation running w->fn. */
+    xs__lock_acquire(&c->lock);
+    bool was = w->armed;
+    if (was) {
+        if (w->prev)
+            w->prev->next = w->next;
+        else
+            c->watches = w->next;
+        if (w->next)
+            w->next->prev = w->prev;
+        w->armed = false;
+    }
+    xs__lock_release(&c->lock);
+    return was;
 }
 
 /* ---- fd ---- */

@@ -753,8 +753,12 @@ static void *spawn_children(void *p)
             a->bad++;
             continue;
         }
+        /* A child of a context already done is born done.  (A child made
+         * while the parent's cancellation is still walking the tree may be
+         * seen live for a moment after the parent is seen done.) */
+        bool done_before = xs_ctx_done(c);
         if (xs_ctx_with_timeout(c, XS_SEC, 0, &d) == 0) {
-            if (xs_ctx_done(c) && !xs_ctx_done(d))
+            if (done_before && !xs_ctx_done(d))
                 a->bad++;
             xs_ctx_release(d);
         }
@@ -872,4 +876,43 @@ TEST(allocation_failure_in_every_constructor)
     xs_ctx_cancel(parent, 0);
     xs_ctx_release(parent);
     EXPECT_EQ(xs_clock_free(clk), 0);
+}
+
+/* ---- the internal hook library waits use ---- */
+#include "context_internal.h"
+
+typedef struct watch_probe {
+    xs__ctx_waiter w;
+    _Atomic int fired;
+} watch_probe;
+
+static void probe_fn(xs__ctx_waiter *w)
+{
+    atomic_fetch_add(&((watch_probe *)(void *)w)->fired, 1);
+}
+
+TEST(library_waiter_hook_fires_once_and_unregisters)
+{
+    xs_ctx *c, *v;
+    ASSERT_EQ(xs_ctx_with_cancel(bg(), &c), 0);
+    ASSERT_EQ(xs_ctx_with_value(c, &key_a, NULL, &v), 0);
+    watch_probe a = {.w.fn = probe_fn}, b = {.w.fn = probe_fn}, d = {.w.fn = probe_fn};
+    EXPECT(xs__ctx_watch(v, &a.w));
+    EXPECT(xs__ctx_watch(c, &b.w));
+    EXPECT(xs__ctx_watch(c, &d.w));
+    EXPECT(xs__ctx_unwatch(c, &d.w)); /* removed before the end: never fires */
+    xs_ctx_cancel(c, 0);
+    EXPECT_EQ(atomic_load(&a.fired), 1);
+    EXPECT_EQ(atomic_load(&b.fired), 1);
+    EXPECT_EQ(atomic_load(&d.fired), 0);
+    EXPECT(!xs__ctx_unwatch(v, &a.w)); /* already fired */
+    EXPECT(!xs__ctx_unwatch(c, &b.w));
+    watch_probe late = {.w.fn = probe_fn};
+    EXPECT(!xs__ctx_watch(c, &late.w)); /* done: not registered */
+    EXPECT_EQ(atomic_load(&late.fired), 0);
+    /* a context that can never end accepts and forgets */
+    EXPECT(xs__ctx_watch(bg(), &late.w));
+    EXPECT(xs__ctx_unwatch(bg(), &late.w));
+    xs_ctx_release(v);
+    xs_ctx_release(c);
 }
