@@ -19,6 +19,11 @@ struct xs_clock {
     size_t len, cap;
     xs__timer *running;            /* callback in progress, or NULL */
     bool thread_started;
+    /* System clock: the time its thread sleeps until (XS_FOREVER: no timer),
+     * or INT64_MIN while it is awake and will look at the heap again.  An
+     * add wakes it only for a timer earlier than that, so arming timers
+     * later than the earliest costs no wake-up. */
+    int64_t sleep_until;
 };
 
 /* Which clock's callback this thread is running, so a callback that deletes
@@ -149,12 +154,15 @@ static void *timer_thread(void *arg)
         if (t) {
             run_unlocked(c, t);
         } else if (c->len == 0) {
+            c->sleep_until = XS_FOREVER;
             pthread_cond_wait(&c->wake, &c->mu);
         } else {
             int64_t when = c->heap[0]->when;
             struct timespec ts = {when / XS_SEC, when % XS_SEC};
+            c->sleep_until = when;
             pthread_cond_timedwait(&c->wake, &c->mu, &ts);
         }
+        c->sleep_until = INT64_MIN;
     }
     return NULL;
 }
@@ -176,6 +184,7 @@ int xs__timer_add(xs_clock *c, xs__timer *t)
             return XS_ENOMEM;
         }
         c->thread_started = true;
+        c->sleep_until = INT64_MIN; /* it looks at the heap before sleeping */
     }
     if (c->len == c->cap) {
         size_t cap = c->cap ? c->cap * 2 : 64;
@@ -189,7 +198,7 @@ int xs__timer_add(xs_clock *c, xs__timer *t)
     }
     heap_set(c, c->len++, t);
     heap_up(c, c->len - 1);
-    if (c->heap[0] == t && !c->manual)
+    if (!c->manual && t->when < c->sleep_until)
         pthread_cond_signal(&c->wake);
     pthread_mutex_unlock(&c->mu);
     return 0;
