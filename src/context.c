@@ -6,10 +6,12 @@
  * ancestor ("canceler"), so done checks are two loads wherever they start.
  *
  * Locking: each cancellable node has a lock guarding its children list, its
- * after-functions, its fd and its waiter count.  Cancellation holds a node's
- * lock while it cancels the children (parent lock, then child lock: the only
- * nesting), so a node can never be reached by a cancellation once it has
- * unlinked itself.  Clock locks are leaves under node locks.
+ * after-functions, its waiters and its fd.  Node locks never nest:
+ * cancellation ends a node under its lock, moves its children to a work list
+ * (each pinned by a memory reference, and marked unlinked so that its owner
+ * no longer needs the parent's lock to free it), drops the lock and goes on
+ * with the work list — a loop, not recursion, so any depth is fine.  The
+ * clock's lock is a leaf taken under a node lock.
  *
  * Lifetimes: `refs` counts user references; when it reaches zero a
  * cancellable node is cancelled and detached, even if it has children (they
@@ -143,11 +145,15 @@ static void signal_fd(xs_ctx *c)
     (void)r; /* the fd only needs to be readable; a full counter/pipe already is */
 }
 
+static void put_mem(xs_ctx *c);
+
 /*
- * Ends c and, recursively, its children.  c->lock is held and c is live.
- * After-functions are moved to *fire_list to run once every lock is dropped.
+ * Ends c: c->lock is held and c is live.  After-functions go to *fire_list,
+ * to run once no lock is held; children go to *work, each pinned by a memory
+ * reference, to be ended by the caller in turn.
  */
-static void cancel_locked(xs_ctx *c, uint32_t st, int cause, xs_ctx_after **fire_list)
+static void end_locked(xs_ctx *c, uint32_t st, int cause, xs_ctx_after **fire_list,
+                       xs_ctx **work)
 {
     c->cause = cause;
     atomic_store_explicit(&c->state, st, memory_order_release);
@@ -170,17 +176,17 @@ static void cancel_locked(xs_ctx *c, uint32_t st, int cause, xs_ctx_after **fire
     c->watches = NULL;
     if (c->timer_armed)
         xs__timer_del(c->clock, &c->timer, false);
-    xs_ctx *kid = c->kids, *next;
-    c->kids = NULL;
-    for (; kid; kid = next) {
+    for (xs_ctx *kid = c->kids, *next; kid; kid = next) {
         next = kid->next;
-        xs__lock_acquire(&kid->lock);
-        if (atomic_load_explicit(&kid->state, memory_order_relaxed) == 0)
-            cancel_locked(kid, st, cause, fire_list);
-        xs__lock_release(&kid->lock);
-        /* Last touch of kid: from here its owner may free it. */
+        /* kid is alive: while linked, its owner needs our lock to free it. */
+        atomic_fetch_add_explicit(&kid->mrefs, 1, memory_order_relaxed);
+        /* Release: an owner that sees "unlinked" also sees the pin above, so
+         * it cannot free kid before we are done with it. */
         atomic_store_explicit(&kid->linked, false, memory_order_release);
+        kid->next = *work; /* unlinked: its sibling link is ours to reuse */
+        *work = kid;
     }
+    c->kids = NULL;
 }
 
 static void unlink_from_parent(xs_ctx *c)
@@ -201,14 +207,25 @@ static void unlink_from_parent(xs_ctx *c)
     xs__lock_release(&p->lock);
 }
 
-/* Cancels c (if live) and detaches it from its parent. */
+/* Ends c (if live), then every descendant, and detaches c from its parent. */
 static void cancel_node(xs_ctx *c, uint32_t st, int cause)
 {
     xs_ctx_after *fire_list = NULL;
+    xs_ctx *work = NULL;
     xs__lock_acquire(&c->lock);
     if (atomic_load_explicit(&c->state, memory_order_relaxed) == 0)
-        cancel_locked(c, st, cause, &fire_list);
+        end_locked(c, st, cause, &fire_list, &work);
     xs__lock_release(&c->lock);
+    while (work) {
+        xs_ctx *k = work;
+        work = k->next;
+        xs__lock_acquire(&k->lock);
+        /* Ended meanwhile by its own cancel or release: that came first. */
+        if (atomic_load_explicit(&k->state, memory_order_relaxed) == 0)
+            end_locked(k, st, cause, &fire_list, &work);
+        xs__lock_release(&k->lock);
+        put_mem(k); /* the pin; may free k */
+    }
     fire_all(fire_list);
     unlink_from_parent(c);
 }
