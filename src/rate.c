@@ -4,8 +4,14 @@
  * The limiter is Go's: a double number of tokens at time `last`, refilled
  * lazily when a call looks at it, and `last_event`, the time to act of the
  * latest reservation, which cancel uses to work out how many tokens it may
- * give back.  One xs__lock guards the state; nothing under it blocks,
- * allocates or calls user code.
+ * give back.  The arithmetic works on a plain copy of that state (a bucket).
+ *
+ * Concurrency: writers hold an xs__lock (nothing under it blocks, allocates
+ * or calls user code) and publish each change under a sequence count, so a
+ * refused allow — the common case when a limiter is overloaded — can decide
+ * from a consistent snapshot without the lock and without writing shared
+ * memory: failed calls change nothing, so refusing on a snapshot is the same
+ * as refusing under the lock at the moment of the snapshot.
  *
  * Differences from Go, all deliberate (see rate.h): time is clamped so it
  * never goes back; the wait for a deficit is rounded up, not truncated, and
@@ -15,7 +21,6 @@
  */
 #include <xsync/rate.h>
 
-#include <math.h>
 #include <stddef.h>
 
 #include <xsync/error.h>
@@ -24,21 +29,100 @@
 #include "internal.h"
 #include "park.h"
 
-struct xs_rate {
-    xs__lock lock;
+/* The limiter's state, as the arithmetic sees it. */
+typedef struct bucket {
     double limit;       /* events per second; XS_RATE_INF: no limit */
     int64_t burst;
     double tokens;      /* tokens at time `last`; negative while reservations wait */
     int64_t last;       /* the latest time the state was advanced to; never decreases */
     int64_t last_event; /* the time to act of the latest reservation */
+} bucket;
+
+/*
+ * The same fields, atomic so that snapshot readers race with nothing.
+ * Writers change them only with `lock` held and `seq` odd; `seq` is even
+ * between changes.  A reader that sees the same even `seq` before and after
+ * its (relaxed) loads has a state some writer published in full.
+ */
+struct xs_rate {
+    xs__lock lock;
+    _Atomic uint32_t seq;
+    _Atomic double limit;
+    _Atomic int64_t burst;
+    _Atomic double tokens;
+    _Atomic int64_t last;
+    _Atomic int64_t last_event;
     const xs_allocator *alloc;
 };
+
+/* ---- the state: loading, publishing, snapshots ---- */
+
+/* Relaxed loads: under the lock they see the last writer's stores (its
+ * unlock released them); in a snapshot `seq` checks them. */
+static bucket load(const xs_rate *lim)
+{
+    return (bucket){
+        .limit = atomic_load_explicit(&lim->limit, memory_order_relaxed),
+        .burst = atomic_load_explicit(&lim->burst, memory_order_relaxed),
+        .tokens = atomic_load_explicit(&lim->tokens, memory_order_relaxed),
+        .last = atomic_load_explicit(&lim->last, memory_order_relaxed),
+        .last_event = atomic_load_explicit(&lim->last_event, memory_order_relaxed),
+    };
+}
+
+/* Stores b as the new state.  Lock held. */
+static void publish(xs_rate *lim, const bucket *b)
+{
+    uint32_t q = atomic_load_explicit(&lim->seq, memory_order_relaxed);
+    atomic_store_explicit(&lim->seq, q + 1, memory_order_relaxed);
+    /* Release fence: a reader whose loads see any store below also sees
+     * seq odd (or later) on its re-check, after its acquire fence. */
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&lim->limit, b->limit, memory_order_relaxed);
+    atomic_store_explicit(&lim->burst, b->burst, memory_order_relaxed);
+    atomic_store_explicit(&lim->tokens, b->tokens, memory_order_relaxed);
+    atomic_store_explicit(&lim->last, b->last, memory_order_relaxed);
+    atomic_store_explicit(&lim->last_event, b->last_event, memory_order_relaxed);
+    /* Release: a reader that acquires the even value sees every store above. */
+    atomic_store_explicit(&lim->seq, q + 2, memory_order_release);
+}
+
+/* A consistent copy of the state without the lock, or false if a writer was
+ * busy (the caller then takes the lock). */
+static bool snapshot(const xs_rate *lim, bucket *b)
+{
+    uint32_t q = atomic_load_explicit(&lim->seq, memory_order_acquire);
+    if (q & 1)
+        return false;
+    *b = load(lim);
+    /* Acquire fence: pairs with publish's release fence (see there). */
+    atomic_thread_fence(memory_order_acquire);
+    return atomic_load_explicit(&lim->seq, memory_order_relaxed) == q;
+}
+
+/* A consistent copy of the state: a snapshot, or under the lock if a writer
+ * is busy. */
+static bucket current(xs_rate *lim)
+{
+    bucket b;
+    if (!snapshot(lim, &b)) {
+        xs__lock_acquire(&lim->lock);
+        b = load(lim);
+        xs__lock_release(&lim->lock);
+    }
+    return b;
+}
 
 /* ---- arithmetic (Go's, with the fixes listed above) ---- */
 
 static bool is_inf(double limit)
 {
     return limit >= XS_RATE_INF;
+}
+
+static bool bad_limit(double limit)
+{
+    return !(limit >= 0); /* negative or NaN */
 }
 
 static bool bad_count(int64_t n)
@@ -74,10 +158,12 @@ static double tokens_from_duration(double limit, int64_t d)
  */
 static int64_t duration_from_tokens(double limit, double tokens)
 {
-    double ns = ceil(tokens / limit * 1e9);
+    double ns = tokens / limit * 1e9;
     if (!(ns < 0x1p63)) /* also +inf */
         return XS_FOREVER;
-    int64_t d = (int64_t)ns;
+    int64_t d = (int64_t)ns; /* truncates; then round up (no libm needed) */
+    if ((double)d < ns)
+        d++;
     /* the division rounds: at most a step or two short */
     for (int i = 0; i < 2 && d < XS_FOREVER && tokens_from_duration(limit, d) < tokens; i++)
         d++;
@@ -85,69 +171,96 @@ static int64_t duration_from_tokens(double limit, double tokens)
 }
 
 /*
- * The state at time *t without storing it: *t is clamped so it never
- * precedes `last` (time going back adds and loses nothing), and the tokens
- * then are returned, capped at the burst.  Lock held.
+ * The tokens at time *t, capped at the burst, without changing b; *t is
+ * clamped so it never precedes b->last (time going back adds and loses
+ * nothing).
  */
-static double advance(const xs_rate *lim, int64_t *t)
+static double advance(const bucket *b, int64_t *t)
 {
-    if (*t < lim->last)
-        *t = lim->last;
-    double tokens = lim->tokens + tokens_from_duration(lim->limit, sub_sat(*t, lim->last));
-    double burst = (double)lim->burst;
+    if (*t < b->last)
+        *t = b->last;
+    double tokens = b->tokens + tokens_from_duration(b->limit, sub_sat(*t, b->last));
+    double burst = (double)b->burst;
     return tokens > burst ? burst : tokens;
+}
+
+/* Whether allow_n_at(t, n) must refuse in state b (reserve_n below, with
+ * max_wait 0, fails exactly then). */
+static bool refuses(const bucket *b, int64_t t, int64_t n)
+{
+    return !is_inf(b->limit) && (n > b->burst || advance(b, &t) - (double)n < 0);
 }
 
 /*
  * Go's reserveN.  Grants n tokens at t if they can be there within max_wait
  * of the (clamped) time and no later than act_by, storing the time to act in
- * *act; otherwise changes nothing.  Returns 0, XS_ELIMIT (n > burst, or limit
- * 0 and the tokens missing: they would never come) or XS_EDEADLINE (too
- * late).  Lock held.
+ * *act and updating b; otherwise leaves b alone.  Returns 0, XS_ELIMIT (n >
+ * burst, or limit 0 and the tokens missing: they would never come) or
+ * XS_EDEADLINE (too late).  A grant at XS_RATE_INF takes nothing.
  */
-static int reserve_locked(xs_rate *lim, int64_t t, int64_t n, int64_t max_wait, int64_t act_by,
-                          int64_t *act)
+static int reserve_n(bucket *b, int64_t t, int64_t n, int64_t max_wait, int64_t act_by,
+                     int64_t *act)
 {
-    if (is_inf(lim->limit)) { /* takes nothing, waits for nothing */
+    if (is_inf(b->limit)) {
         *act = t;
         return 0;
     }
-    if (n > lim->burst)
+    if (n > b->burst)
         return XS_ELIMIT;
     int64_t now = t;
-    double tokens = advance(lim, &now) - (double)n;
+    double tokens = advance(b, &now) - (double)n;
     int64_t wait = 0;
     if (tokens < 0) {
-        if (lim->limit == 0)
+        if (b->limit == 0)
             return XS_ELIMIT;
-        wait = duration_from_tokens(lim->limit, -tokens);
+        if (max_wait == 0) /* any deficit means a wait of at least 1 ns */
+            return XS_EDEADLINE;
+        wait = duration_from_tokens(b->limit, -tokens);
     }
     int64_t when = xs__add_sat(now, wait);
     if (wait > max_wait || when > act_by)
         return XS_EDEADLINE;
-    lim->last = now;
-    lim->tokens = tokens;
-    lim->last_event = when;
+    b->last = now;
+    b->tokens = tokens;
+    b->last_event = when;
     *act = when;
     return 0;
+}
+
+/* reserve_n on the limiter, under its lock.  *limit: the limit it used. */
+static int reserve_locked(xs_rate *lim, int64_t t, int64_t n, int64_t max_wait, int64_t act_by,
+                          int64_t *act, double *limit)
+{
+    xs__lock_acquire(&lim->lock);
+    bucket b = load(lim);
+    int rc = reserve_n(&b, t, n, max_wait, act_by, act);
+    if (rc == 0 && !is_inf(b.limit))
+        publish(lim, &b);
+    xs__lock_release(&lim->lock);
+    if (limit)
+        *limit = b.limit;
+    return rc;
 }
 
 /* ---- the limiter ---- */
 
 int xs_rate_new(double limit, int64_t burst, const xs_rate_options *opts, xs_rate **out)
 {
-    if (!out || isnan(limit) || limit < 0 || bad_count(burst))
+    if (!out || bad_limit(limit) || bad_count(burst))
         return XS_EINVAL;
     const xs_allocator *a = xs__allocator_resolve(opts ? opts->allocator : NULL);
     xs_rate *lim = xs__calloc(a, sizeof *lim);
     if (!lim)
         return XS_ENOMEM;
-    lim->limit = is_inf(limit) ? XS_RATE_INF : limit;
-    lim->burst = burst;
-    lim->tokens = (double)burst; /* full; any later time refills it to full anyway */
-    lim->last = INT64_MIN;
-    lim->last_event = INT64_MIN;
     lim->alloc = a;
+    bucket b = {
+        .limit = is_inf(limit) ? XS_RATE_INF : limit,
+        .burst = burst,
+        .tokens = (double)burst, /* full; any later time refills it to full anyway */
+        .last = INT64_MIN,
+        .last_event = INT64_MIN,
+    };
+    publish(lim, &b); /* nobody else sees lim yet */
     *out = lim;
     return 0;
 }
@@ -167,11 +280,11 @@ bool xs_rate_allow_n_at(xs_rate *lim, int64_t t, int64_t n)
 {
     if (!lim || bad_count(n))
         return false;
+    bucket b;
+    if (snapshot(lim, &b) && refuses(&b, t, n))
+        return false;
     int64_t act;
-    xs__lock_acquire(&lim->lock);
-    int rc = reserve_locked(lim, t, n, 0, XS_FOREVER, &act);
-    xs__lock_release(&lim->lock);
-    return rc == 0;
+    return reserve_locked(lim, t, n, 0, XS_FOREVER, &act, NULL) == 0;
 }
 
 bool xs_rate_allow_n(xs_rate *lim, int64_t n)
@@ -199,11 +312,7 @@ int xs_rate_reserve_n_at(xs_rate *lim, int64_t t, int64_t n, xs_rate_reservation
     if (!lim || bad_count(n))
         return XS_EINVAL;
     int64_t act;
-    xs__lock_acquire(&lim->lock);
-    double limit = lim->limit;
-    int rc = reserve_locked(lim, t, n, XS_FOREVER, XS_FOREVER, &act);
-    xs__lock_release(&lim->lock);
-    r->limit = limit;
+    int rc = reserve_locked(lim, t, n, XS_FOREVER, XS_FOREVER, &act, &r->limit);
     if (rc == 0) {
         r->ok = true;
         r->tokens = n;
@@ -255,23 +364,25 @@ void xs_rate_reservation_cancel_at(xs_rate_reservation *r, int64_t t)
     if (is_inf(r->limit))
         return; /* it took no tokens */
     xs__lock_acquire(&lim->lock);
+    bucket b = load(lim);
     int64_t now = t;
-    if (now < lim->last)
-        now = lim->last;
-    if (!is_inf(lim->limit) && r->time_to_act >= now) {
+    if (now < b.last)
+        now = b.last;
+    if (!is_inf(b.limit) && r->time_to_act >= now) {
         /* Tokens reserved after r (up to last_event) stay reserved. */
-        int64_t after = sub_sat(lim->last_event, r->time_to_act);
+        int64_t after = sub_sat(b.last_event, r->time_to_act);
         double restore = (double)n - tokens_from_duration(r->limit, after > 0 ? after : 0);
         if (restore > 0) {
-            double tokens = advance(lim, &now) + restore;
-            double burst = (double)lim->burst;
-            lim->tokens = tokens > burst ? burst : tokens;
-            lim->last = now;
-            if (r->time_to_act == lim->last_event && r->limit > 0) {
+            double tokens = advance(&b, &now) + restore;
+            double burst = (double)b.burst;
+            b.tokens = tokens > burst ? burst : tokens;
+            b.last = now;
+            if (r->time_to_act == b.last_event && r->limit > 0) {
                 int64_t prev = sub_sat(r->time_to_act, duration_from_tokens(r->limit, (double)n));
                 if (prev >= now)
-                    lim->last_event = prev;
+                    b.last_event = prev;
             }
+            publish(lim, &b);
         }
     }
     xs__lock_release(&lim->lock);
@@ -294,14 +405,16 @@ static int wait_n(xs_rate *lim, xs_ctx *ctx, int64_t t, int64_t ctx_now, int64_t
     if (xs_ctx_deadline(ctx, &deadline))
         act_by = xs__add_sat(t, sub_sat(deadline, ctx_now));
 
+    /* Go's order: the burst first, then the context, then the deadline (the
+     * reservation checks the burst again, on the state it changes). */
+    bucket now = current(lim);
+    if (!is_inf(now.limit) && n > now.burst)
+        return XS_ELIMIT;
+    int rc = xs_ctx_err(ctx);
+    if (rc != 0)
+        return rc;
     xs_rate_reservation r = {.ok = true, .tokens = n, .lim = lim};
-    xs__lock_acquire(&lim->lock);
-    r.limit = lim->limit;
-    /* Go's order: the burst first, then the context, then the deadline. */
-    int rc = !is_inf(lim->limit) && n > lim->burst ? XS_ELIMIT : xs_ctx_err(ctx);
-    if (rc == 0)
-        rc = reserve_locked(lim, t, n, XS_FOREVER, act_by, &r.time_to_act);
-    xs__lock_release(&lim->lock);
+    rc = reserve_locked(lim, t, n, XS_FOREVER, act_by, &r.time_to_act, &r.limit);
     if (rc != 0)
         return rc;
 
@@ -322,7 +435,9 @@ int xs_rate_wait_n_at(xs_rate *lim, xs_ctx *ctx, int64_t t, int64_t n)
 
 int xs_rate_wait_n(xs_rate *lim, xs_ctx *ctx, int64_t n)
 {
-    return wait_n(lim, ctx, xs_now(), xs_clock_now(ctx ? xs_ctx_clock(ctx) : NULL), n);
+    int64_t t = xs_now();
+    xs_clock *clock = ctx ? xs_ctx_clock(ctx) : NULL;
+    return wait_n(lim, ctx, t, clock == xs_clock_system() ? t : xs_clock_now(clock), n);
 }
 
 int xs_rate_wait(xs_rate *lim, xs_ctx *ctx)
@@ -332,16 +447,35 @@ int xs_rate_wait(xs_rate *lim, xs_ctx *ctx)
 
 /* ---- settings and observers ---- */
 
+/* Advances the state to t and applies change(b, value).  Lock taken. */
+static void update_at(xs_rate *lim, int64_t t, void (*change)(bucket *b, const void *value),
+                      const void *value)
+{
+    xs__lock_acquire(&lim->lock);
+    bucket b = load(lim);
+    b.tokens = advance(&b, &t); /* what accrued up to t, at the old settings */
+    b.last = t;
+    change(&b, value);
+    publish(lim, &b);
+    xs__lock_release(&lim->lock);
+}
+
+static void change_limit(bucket *b, const void *value)
+{
+    double limit = *(const double *)value;
+    b->limit = is_inf(limit) ? XS_RATE_INF : limit;
+}
+
+static void change_burst(bucket *b, const void *value)
+{
+    b->burst = *(const int64_t *)value;
+}
+
 int xs_rate_set_limit_at(xs_rate *lim, int64_t t, double limit)
 {
-    if (!lim || isnan(limit) || limit < 0)
+    if (!lim || bad_limit(limit))
         return XS_EINVAL;
-    xs__lock_acquire(&lim->lock);
-    int64_t now = t;
-    lim->tokens = advance(lim, &now); /* what accrued so far, at the old limit */
-    lim->last = now;
-    lim->limit = is_inf(limit) ? XS_RATE_INF : limit;
-    xs__lock_release(&lim->lock);
+    update_at(lim, t, change_limit, &limit);
     return 0;
 }
 
@@ -354,12 +488,7 @@ int xs_rate_set_burst_at(xs_rate *lim, int64_t t, int64_t burst)
 {
     if (!lim || bad_count(burst))
         return XS_EINVAL;
-    xs__lock_acquire(&lim->lock);
-    int64_t now = t;
-    lim->tokens = advance(lim, &now);
-    lim->last = now;
-    lim->burst = burst;
-    xs__lock_release(&lim->lock);
+    update_at(lim, t, change_burst, &burst);
     return 0;
 }
 
@@ -372,10 +501,8 @@ double xs_rate_tokens_at(xs_rate *lim, int64_t t)
 {
     if (!lim)
         return 0;
-    xs__lock_acquire(&lim->lock);
-    double tokens = advance(lim, &t);
-    xs__lock_release(&lim->lock);
-    return tokens;
+    bucket b = current(lim);
+    return advance(&b, &t);
 }
 
 double xs_rate_tokens(xs_rate *lim)
@@ -383,24 +510,15 @@ double xs_rate_tokens(xs_rate *lim)
     return xs_rate_tokens_at(lim, xs_now());
 }
 
+/* One field needs no snapshot: each is published whole. */
 double xs_rate_limit(xs_rate *lim)
 {
-    if (!lim)
-        return 0;
-    xs__lock_acquire(&lim->lock);
-    double limit = lim->limit;
-    xs__lock_release(&lim->lock);
-    return limit;
+    return lim ? atomic_load_explicit(&lim->limit, memory_order_relaxed) : 0;
 }
 
 int64_t xs_rate_burst(xs_rate *lim)
 {
-    if (!lim)
-        return 0;
-    xs__lock_acquire(&lim->lock);
-    int64_t burst = lim->burst;
-    xs__lock_release(&lim->lock);
-    return burst;
+    return lim ? atomic_load_explicit(&lim->burst, memory_order_relaxed) : 0;
 }
 
 /* ---- Sometimes ---- */

@@ -18,7 +18,7 @@
 static bool check_dbl(const char *file, int line, const char *ea, const char *eb, double a,
                       double b, double tol)
 {
-    bool ok = fabs(a - b) <= tol;
+    bool ok = a - b <= tol && b - a <= tol; /* no libm */
     if (!ok) {
         char what[512], detail[256];
         snprintf(what, sizeof what, "expected %s == %s", ea, eb);
@@ -734,39 +734,42 @@ TEST(fifteen_threads_on_burst_five)
 typedef struct qps {
     xs_rate *lim;
     pthread_barrier_t go;
-    int64_t start, stop;      /* written before the barrier */
+    int64_t start, stop;     /* written before the barrier */
     _Atomic int64_t ok;
-    _Atomic int64_t latest;   /* the latest call time of any thread */
-    _Atomic int64_t idle_ns;  /* time beyond one event interval with no call at all */
+    _Atomic int64_t latest;  /* the latest call time of any thread */
+    _Atomic int64_t stalled; /* ns in stretches with no call at all */
 } qps;
+
+/* Calls closer than this are back to back; a longer stretch without any
+ * call is the harness stalling (threads preempted on a busy machine). */
+#define STALL (50 * XS_USEC)
 
 static void *qps_thread(void *arg)
 {
     qps *q = arg;
-    int64_t mine = 0, idle = 0, interval = XS_SEC / 100;
+    int64_t mine = 0, stalled = 0;
     pthread_barrier_wait(&q->go);
     for (int64_t t; (t = xs_now()) < q->stop;) {
         mine += xs_rate_allow_at(q->lim, t);
-        /* A stretch in which no thread called (all preempted on a busy
-         * machine) lets the bucket overflow: that is the harness's loss,
-         * not the limiter's, so it is taken out of the ideal below. */
         int64_t prev = atomic_load_explicit(&q->latest, memory_order_relaxed);
         while (prev < t && !atomic_compare_exchange_weak_explicit(
                                &q->latest, &prev, t, memory_order_relaxed, memory_order_relaxed))
             ;
-        if (prev < t && t - prev > interval)
-            idle += t - prev - interval;
+        if (prev < t && t - prev > STALL)
+            stalled += t - prev;
     }
     atomic_fetch_add(&q->ok, mine);
-    atomic_fetch_add(&q->idle_ns, idle);
+    atomic_fetch_add(&q->stalled, stalled);
     return NULL;
 }
 
 /*
  * Go's TestLongRunningQPS: 2 s of real time at 100/s with burst 1 and more
- * threads than cores, calling allow as fast as they can.  Never more than
- * burst + rate * t + 1 events, and at least 0.99 of the ideal number (the
- * ideal minus what the bucket lost while no thread was running at all).
+ * threads than cores calling allow back to back.  Never more than burst +
+ * rate * t + 1 events.  At least 0.99 of the ideal, where the ideal leaves
+ * out the stretches in which no thread called at all: with burst 1 the
+ * bucket overflows in any such stall, which is the harness's loss (at most
+ * rate * stall each), not the limiter's.
  */
 TEST_T(two_seconds_of_real_time_simultaneous, 60)
 {
@@ -776,7 +779,7 @@ TEST_T(two_seconds_of_real_time_simultaneous, 60)
     static qps q;
     q.lim = lim;
     atomic_store(&q.ok, 0);
-    atomic_store(&q.idle_ns, 0);
+    atomic_store(&q.stalled, 0);
     pthread_barrier_init(&q.go, NULL, N + 1);
     pthread_t th[N];
     for (int i = 0; i < N; i++)
@@ -791,7 +794,7 @@ TEST_T(two_seconds_of_real_time_simultaneous, 60)
     pthread_barrier_destroy(&q.go);
     double elapsed = (double)(xs_now() - q.start) / XS_SEC;
     double ideal = 1 + 100 * elapsed;
-    double reachable = ideal - 100 * (double)atomic_load(&q.idle_ns) / XS_SEC;
+    double reachable = ideal - 100 * (double)atomic_load(&q.stalled) / XS_SEC;
     int64_t ok = atomic_load(&q.ok);
     EXPECT_LE(ok, (int64_t)(ideal + 1));
     EXPECT_GE(ok, (int64_t)(0.99 * reachable));

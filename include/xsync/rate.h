@@ -31,10 +31,16 @@
  * values, NaN) is an error (or false, for the bool functions) and changes
  * nothing.  Where Go panics or misbehaves this is documented per function.
  *
- * Thread-safety: every function on an xs_rate may be called concurrently;
- * each takes the limiter's lock for a few dozen instructions, and never runs
- * user code under it.  A reservation (xs_rate_reservation) and an
- * xs_sometimes filter are plain structs owned by the caller (see each).
+ * Thread-safety: every function on an xs_rate may be called concurrently,
+ * and each call takes effect atomically (linearizable).  Calls that change
+ * the state hold the limiter's lock for a few dozen instructions, never
+ * blocking or running user code under it; an allow that is refused, and the
+ * observers, decide from a consistent snapshot without the lock and without
+ * writing shared memory, so an overloaded limiter does not serialise its
+ * callers.  Memory ordering: none is implied for the caller's own data (use
+ * the limiter to pace work, not to publish it).  A reservation
+ * (xs_rate_reservation) and an xs_sometimes filter are plain structs owned
+ * by the caller (see each).
  */
 #ifndef XSYNC_RATE_H
 #define XSYNC_RATE_H
