@@ -7,11 +7,14 @@
  * give back.  The arithmetic works on a plain copy of that state (a bucket).
  *
  * Concurrency: writers hold an xs__lock (nothing under it blocks, allocates
- * or calls user code) and publish each change under a sequence count, so a
- * refused allow — the common case when a limiter is overloaded — can decide
- * from a consistent snapshot without the lock and without writing shared
- * memory: failed calls change nothing, so refusing on a snapshot is the same
- * as refusing under the lock at the moment of the snapshot.
+ * or calls user code) and publish each change under a sequence count.  Every
+ * call first works on a consistent snapshot, read without the lock and
+ * without writing shared memory.  A call that fails there is done — failed
+ * calls change nothing, so failing on the snapshot is failing at the moment
+ * it was taken — which keeps an overloaded limiter, refusing most calls,
+ * from serialising its callers.  A grant takes the lock and publishes the
+ * state it computed if no writer came since the snapshot, else computes
+ * again.
  *
  * Differences from Go, all deliberate (see rate.h): time is clamped so it
  * never goes back; the wait for a deficit is rounded up, not truncated, and
@@ -87,9 +90,9 @@ static void publish(xs_rate *lim, const bucket *b)
     atomic_store_explicit(&lim->seq, q + 2, memory_order_release);
 }
 
-/* A consistent copy of the state without the lock, or false if a writer was
- * busy (the caller then takes the lock). */
-static bool snapshot(const xs_rate *lim, bucket *b)
+/* A consistent copy of the state without the lock, and its number in *seq;
+ * or false if a writer was busy (the caller then takes the lock). */
+static bool snapshot(const xs_rate *lim, bucket *b, uint32_t *seq)
 {
     uint32_t q = atomic_load_explicit(&lim->seq, memory_order_acquire);
     if (q & 1)
@@ -97,6 +100,7 @@ static bool snapshot(const xs_rate *lim, bucket *b)
     *b = load(lim);
     /* Acquire fence: pairs with publish's release fence (see there). */
     atomic_thread_fence(memory_order_acquire);
+    *seq = q;
     return atomic_load_explicit(&lim->seq, memory_order_relaxed) == q;
 }
 
@@ -105,7 +109,8 @@ static bool snapshot(const xs_rate *lim, bucket *b)
 static bucket current(xs_rate *lim)
 {
     bucket b;
-    if (!snapshot(lim, &b)) {
+    uint32_t seq;
+    if (!snapshot(lim, &b, &seq)) {
         xs__lock_acquire(&lim->lock);
         b = load(lim);
         xs__lock_release(&lim->lock);
@@ -184,13 +189,6 @@ static double advance(const bucket *b, int64_t *t)
     return tokens > burst ? burst : tokens;
 }
 
-/* Whether allow_n_at(t, n) must refuse in state b (reserve_n below, with
- * max_wait 0, fails exactly then). */
-static bool refuses(const bucket *b, int64_t t, int64_t n)
-{
-    return !is_inf(b->limit) && (n > b->burst || advance(b, &t) - (double)n < 0);
-}
-
 /*
  * Go's reserveN.  Grants n tokens at t if they can be there within max_wait
  * of the (clamped) time and no later than act_by, storing the time to act in
@@ -227,16 +225,32 @@ static int reserve_n(bucket *b, int64_t t, int64_t n, int64_t max_wait, int64_t 
     return 0;
 }
 
-/* reserve_n on the limiter, under its lock.  *limit: the limit it used. */
-static int reserve_locked(xs_rate *lim, int64_t t, int64_t n, int64_t max_wait, int64_t act_by,
-                          int64_t *act, double *limit)
+/*
+ * reserve_n on the limiter.  It is worked out on a snapshot first: a failure
+ * stands as it is (failures change nothing, so failing on the snapshot is
+ * failing at that moment), and so does a grant at XS_RATE_INF (it changes
+ * nothing either).  Any other grant is published under the lock if no
+ * writer came since the snapshot, and otherwise made again on the current
+ * state.  *limit (if not NULL): the limit it was decided with.
+ */
+static int take(xs_rate *lim, int64_t t, int64_t n, int64_t max_wait, int64_t act_by,
+                int64_t *act, double *limit)
 {
-    xs__lock_acquire(&lim->lock);
-    bucket b = load(lim);
-    int rc = reserve_n(&b, t, n, max_wait, act_by, act);
-    if (rc == 0 && !is_inf(b.limit))
-        publish(lim, &b);
-    xs__lock_release(&lim->lock);
+    bucket b;
+    uint32_t seq;
+    bool fresh = snapshot(lim, &b, &seq);
+    int rc = fresh ? reserve_n(&b, t, n, max_wait, act_by, act) : 0;
+    if (!fresh || (rc == 0 && !is_inf(b.limit))) {
+        xs__lock_acquire(&lim->lock);
+        /* seq changes only under the lock: equal means b is still current */
+        if (!fresh || atomic_load_explicit(&lim->seq, memory_order_relaxed) != seq) {
+            b = load(lim);
+            rc = reserve_n(&b, t, n, max_wait, act_by, act);
+        }
+        if (rc == 0 && !is_inf(b.limit))
+            publish(lim, &b);
+        xs__lock_release(&lim->lock);
+    }
     if (limit)
         *limit = b.limit;
     return rc;
@@ -280,15 +294,15 @@ bool xs_rate_allow_n_at(xs_rate *lim, int64_t t, int64_t n)
 {
     if (!lim || bad_count(n))
         return false;
-    bucket b;
-    if (snapshot(lim, &b) && refuses(&b, t, n))
-        return false;
     int64_t act;
-    return reserve_locked(lim, t, n, 0, XS_FOREVER, &act, NULL) == 0;
+    return take(lim, t, n, 0, XS_FOREVER, &act, NULL) == 0;
 }
 
+/* Allow now: at XS_RATE_INF (seen at that moment) the answer needs no clock. */
 bool xs_rate_allow_n(xs_rate *lim, int64_t n)
 {
+    if (lim && !bad_count(n) && is_inf(atomic_load_explicit(&lim->limit, memory_order_relaxed)))
+        return true;
     return xs_rate_allow_n_at(lim, xs_now(), n);
 }
 
@@ -299,7 +313,7 @@ bool xs_rate_allow_at(xs_rate *lim, int64_t t)
 
 bool xs_rate_allow(xs_rate *lim)
 {
-    return xs_rate_allow_n_at(lim, xs_now(), 1);
+    return xs_rate_allow_n(lim, 1);
 }
 
 /* ---- reservations ---- */
@@ -312,7 +326,7 @@ int xs_rate_reserve_n_at(xs_rate *lim, int64_t t, int64_t n, xs_rate_reservation
     if (!lim || bad_count(n))
         return XS_EINVAL;
     int64_t act;
-    int rc = reserve_locked(lim, t, n, XS_FOREVER, XS_FOREVER, &act, &r->limit);
+    int rc = take(lim, t, n, XS_FOREVER, XS_FOREVER, &act, &r->limit);
     if (rc == 0) {
         r->ok = true;
         r->tokens = n;
@@ -414,7 +428,7 @@ static int wait_n(xs_rate *lim, xs_ctx *ctx, int64_t t, int64_t ctx_now, int64_t
     if (rc != 0)
         return rc;
     xs_rate_reservation r = {.ok = true, .tokens = n, .lim = lim};
-    rc = reserve_locked(lim, t, n, XS_FOREVER, act_by, &r.time_to_act, &r.limit);
+    rc = take(lim, t, n, XS_FOREVER, act_by, &r.time_to_act, &r.limit);
     if (rc != 0)
         return rc;
 
