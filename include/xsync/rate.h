@@ -34,13 +34,14 @@
  * Thread-safety: every function on an xs_rate may be called concurrently,
  * and each call takes effect atomically (linearizable).  Calls that change
  * the state hold the limiter's lock for a few dozen instructions, never
- * blocking or running user code under it; calls that fail (an allow that is
- * refused, ...), grants at XS_RATE_INF and the observers decide on a
- * consistent snapshot without the lock and without writing shared memory, so
- * an overloaded limiter does not serialise its callers.  Memory ordering: none is implied for the caller's own data (use
- * the limiter to pace work, not to publish it).  A reservation
- * (xs_rate_reservation) and an xs_sometimes filter are plain structs owned
- * by the caller (see each).
+ * blocking or running user code under it.  Calls that fail (a refused allow,
+ * a reservation over the burst, a wait past its deadline), grants at
+ * XS_RATE_INF and the observers decide on a consistent snapshot, without the
+ * lock and without writing shared memory, so an overloaded limiter does not
+ * serialise its callers.  Memory ordering: none is implied for the caller's
+ * own data (pace work with a limiter; do not publish data through it).  A
+ * reservation (xs_rate_reservation) and an xs_sometimes filter are plain
+ * structs owned by the caller (see each).
  */
 #ifndef XSYNC_RATE_H
 #define XSYNC_RATE_H
