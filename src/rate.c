@@ -49,7 +49,7 @@ typedef struct bucket {
  */
 struct xs_rate {
     xs__lock lock;
-    _Atomic uint32_t seq;
+    _Atomic uint64_t seq; /* 64 bits: it never wraps, so equal means unchanged */
     _Atomic double limit;
     _Atomic int64_t burst;
     _Atomic double tokens;
@@ -76,7 +76,7 @@ static bucket load(const xs_rate *lim)
 /* Stores b as the new state.  Lock held. */
 static void publish(xs_rate *lim, const bucket *b)
 {
-    uint32_t q = atomic_load_explicit(&lim->seq, memory_order_relaxed);
+    uint64_t q = atomic_load_explicit(&lim->seq, memory_order_relaxed);
     atomic_store_explicit(&lim->seq, q + 1, memory_order_relaxed);
     /* Release fence: a reader whose loads see any store below also sees
      * seq odd (or later) on its re-check, after its acquire fence. */
@@ -92,9 +92,9 @@ static void publish(xs_rate *lim, const bucket *b)
 
 /* A consistent copy of the state without the lock, and its number in *seq;
  * or false if a writer was busy (the caller then takes the lock). */
-static bool snapshot(const xs_rate *lim, bucket *b, uint32_t *seq)
+static bool snapshot(const xs_rate *lim, bucket *b, uint64_t *seq)
 {
-    uint32_t q = atomic_load_explicit(&lim->seq, memory_order_acquire);
+    uint64_t q = atomic_load_explicit(&lim->seq, memory_order_acquire);
     if (q & 1)
         return false;
     *b = load(lim);
@@ -109,7 +109,7 @@ static bool snapshot(const xs_rate *lim, bucket *b, uint32_t *seq)
 static bucket current(xs_rate *lim)
 {
     bucket b;
-    uint32_t seq;
+    uint64_t seq;
     if (!snapshot(lim, &b, &seq)) {
         xs__lock_acquire(&lim->lock);
         b = load(lim);
@@ -237,7 +237,7 @@ static int take(xs_rate *lim, int64_t t, int64_t n, int64_t max_wait, int64_t ac
                 int64_t *act, double *limit)
 {
     bucket b;
-    uint32_t seq;
+    uint64_t seq;
     bool fresh = snapshot(lim, &b, &seq);
     int rc = fresh ? reserve_n(&b, t, n, max_wait, act_by, act) : 0;
     if (!fresh || (rc == 0 && !is_inf(b.limit))) {
@@ -268,7 +268,7 @@ int xs_rate_new(double limit, int64_t burst, const xs_rate_options *opts, xs_rat
         return XS_ENOMEM;
     lim->alloc = a;
     bucket b = {
-        .limit = is_inf(limit) ? XS_RATE_INF : limit,
+        .limit = is_inf(limit) ? XS_RATE_INF : limit + 0.0, /* + 0.0: -0.0 becomes 0 */
         .burst = burst,
         .tokens = (double)burst, /* full; any later time refills it to full anyway */
         .last = INT64_MIN,
@@ -489,6 +489,7 @@ int xs_rate_set_limit_at(xs_rate *lim, int64_t t, double limit)
 {
     if (!lim || bad_limit(limit))
         return XS_EINVAL;
+    limit += 0.0; /* -0.0 becomes 0 */
     update_at(lim, t, change_limit, &limit);
     return 0;
 }

@@ -12,17 +12,20 @@
  * that depends on time has an _at variant taking the time explicitly (for
  * tests, or callers that already read the clock).  Time never runs backwards
  * inside a limiter: a call stamped earlier than the latest time the limiter
- * has seen is handled as if made at that latest time, so jumping back adds no
- * tokens and loses none.  (Go's limiter instead moves its clock back, which
+ * has recorded (the time of the latest call that changed its state) is
+ * handled as if made at that latest time, so jumping back adds no tokens and
+ * loses none.  (Go's limiter instead moves its clock back, which
  * credits the same interval twice once time moves forward again.)
  *
  * Precision: the limit is a double (events per second) and the bucket holds
  * a double number of tokens, with Go's arithmetic, so results match Go's.
  * tokens(d) = seconds(d) * limit, seconds(d) splitting d into whole seconds
  * and nanoseconds as Go does.  Going back, the wait for a deficit of k tokens
- * is the smallest whole number of nanoseconds after which the limiter's own
- * arithmetic has refilled them (Go truncates, so its waiters may act up to
- * 1 ns before the tokens exist).  Waits too long for an int64_t saturate at
+ * is rounded up so that the limiter's own arithmetic has refilled them when
+ * it ends (it may be 1 ns longer than the least such wait; for waits beyond
+ * about 194 days the double's precision can leave it a few microseconds
+ * short).  Go truncates, so its waiters may act up to 1 ns before the tokens
+ * exist.  Waits too long for an int64_t saturate at
  * XS_FOREVER.  Burst and weights are limited to XS_RATE_MAX_N (2^53), the
  * largest count a double holds exactly.  Limit 0 allows the tokens in the
  * bucket and nothing more until the limit is raised.
@@ -37,8 +40,9 @@
  * blocking or running user code under it.  Calls that fail (a refused allow,
  * a reservation over the burst, a wait past its deadline), grants at
  * XS_RATE_INF and the observers decide on a consistent snapshot, without the
- * lock and without writing shared memory, so an overloaded limiter does not
- * serialise its callers.  Memory ordering: none is implied for the caller's
+ * lock and without writing shared memory (unless the snapshot catches a
+ * writer mid-change: then they take the lock), so an overloaded limiter does
+ * not serialise its callers.  Memory ordering: none is implied for the caller's
  * own data (pace work with a limiter; do not publish data through it).  A
  * reservation (xs_rate_reservation) and an xs_sometimes filter are plain
  * structs owned by the caller (see each).
@@ -142,7 +146,8 @@ XS_API int xs_rate_reserve(xs_rate *lim, xs_rate_reservation *r);
 XS_API bool xs_rate_reservation_ok(const xs_rate_reservation *r);
 
 /* How long the holder must wait from time t before acting: 0 means now,
- * XS_FOREVER means never (not ok, or NULL). */
+ * XS_FOREVER means never (not ok, or NULL) — or, for a granted reservation,
+ * a wait too long for an int64_t. */
 XS_API int64_t xs_rate_reservation_delay_from(const xs_rate_reservation *r, int64_t t);
 /* xs_rate_reservation_delay_from(r, xs_now()). */
 XS_API int64_t xs_rate_reservation_delay(const xs_rate_reservation *r);
