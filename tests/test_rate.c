@@ -1006,3 +1006,13 @@ TEST(sometimes_do_runs_serially)
     EXPECT_EQ(atomic_load(&p.overlaps), 0);
     EXPECT_EQ(p.runs, N * 5000 / 2);
 }
+
+TEST(negative_zero_limit_is_zero)
+{
+    xs_rate *lim;
+    ASSERT_EQ(xs_rate_new(-0.0, 1, NULL, &lim), 0);
+    EXPECT(!signbit(xs_rate_limit(lim)));
+    EXPECT_EQ(xs_rate_set_limit(lim, -0.0), 0);
+    EXPECT(!signbit(xs_rate_limit(lim)));
+    xs_rate_free(lim);
+}
