@@ -76,6 +76,7 @@ struct list {
 struct xs_sem {
     _Atomic uint64_t state;     /* avail << ST_SHIFT | ST_* */
     _Atomic int64_t size;       /* written under lock; read anywhere */
+    xs_ctx *background;         /* never done: acquire skips the check */
     _Atomic int64_t nwaiters;   /* written under lock; read anywhere */
     xs__lock lock;
     struct list queue;          /* n <= size, FIFO; under lock */
@@ -240,7 +241,10 @@ static void give_back(xs_sem *s, int64_t n)
     sem_unlock(s, grant_waiters(s, avail + n));
 }
 
-static int acquire_slow(xs_sem *s, xs_ctx *ctx, int64_t n)
+/* Out of line, so the fast paths stay small (no frame for the waiter). */
+#define SLOW_PATH __attribute__((noinline))
+
+static SLOW_PATH int acquire_slow(xs_sem *s, xs_ctx *ctx, int64_t n)
 {
     int64_t avail = sem_lock(s);
     if (!s->queue.head && avail >= n) {
@@ -284,6 +288,25 @@ static int acquire_slow(xs_sem *s, xs_ctx *ctx, int64_t n)
     return xs_ctx_err(ctx);
 }
 
+static SLOW_PATH int try_acquire_slow(xs_sem *s, int64_t n)
+{
+    int64_t avail = sem_lock(s);
+    bool ok = !s->queue.head && avail >= n;
+    sem_unlock(s, ok ? avail - n : avail);
+    return ok ? 0 : XS_EAGAIN;
+}
+
+static SLOW_PATH int release_slow(xs_sem *s, int64_t n)
+{
+    int64_t avail = sem_lock(s);
+    if (avail > atomic_load_explicit(&s->size, memory_order_relaxed) - n) {
+        sem_unlock(s, avail);
+        return XS_EINVAL;
+    }
+    sem_unlock(s, grant_waiters(s, avail + n));
+    return 0;
+}
+
 /* ---- public API ---- */
 
 int xs_sem_new(int64_t size, const xs_allocator *alloc, xs_sem **out)
@@ -298,6 +321,7 @@ int xs_sem_new(int64_t size, const xs_allocator *alloc, xs_sem **out)
     atomic_init(&s->size, size);
     atomic_init(&s->nwaiters, 0);
     s->alloc = alloc;
+    s->background = xs_ctx_background();
     *out = s;
     return 0;
 }
@@ -316,7 +340,8 @@ int xs_sem_acquire(xs_sem *s, xs_ctx *ctx, int64_t n)
 {
     if (XS_UNLIKELY(!s || !ctx || !weight_ok(n)))
         return XS_EINVAL;
-    if (XS_UNLIKELY(xs_ctx_done(ctx))) /* fails even when the weight is free */
+    /* A done context fails even when the weight is free. */
+    if (ctx != s->background && XS_UNLIKELY(xs_ctx_done(ctx)))
         return xs_ctx_err(ctx);
     uint64_t st = atomic_load_explicit(&s->state, memory_order_relaxed);
     while (!(st & ST_FLAGS) && st_avail(st) >= n) {
@@ -342,10 +367,7 @@ int xs_sem_try_acquire(xs_sem *s, int64_t n)
                                                   memory_order_acquire, memory_order_relaxed))
             return 0;
     }
-    int64_t avail = sem_lock(s);
-    bool ok = !s->queue.head && avail >= n;
-    sem_unlock(s, ok ? avail - n : avail);
-    return ok ? 0 : XS_EAGAIN;
+    return try_acquire_slow(s, n);
 }
 
 int xs_sem_release(xs_sem *s, int64_t n)
@@ -364,13 +386,7 @@ int xs_sem_release(xs_sem *s, int64_t n)
                                                   memory_order_release, memory_order_relaxed))
             return 0;
     }
-    int64_t avail = sem_lock(s);
-    if (avail > atomic_load_explicit(&s->size, memory_order_relaxed) - n) {
-        sem_unlock(s, avail);
-        return XS_EINVAL;
-    }
-    sem_unlock(s, grant_waiters(s, avail + n));
-    return 0;
+    return release_slow(s, n);
 }
 
 int xs_sem_resize(xs_sem *s, int64_t size)

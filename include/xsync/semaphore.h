@@ -56,8 +56,11 @@ XS_API int xs_sem_new(int64_t size, const xs_allocator *alloc, xs_sem **out);
 
 /*
  * Frees the semaphore.  Weight still held is simply forgotten (as when a Go
- * semaphore is dropped).  Returns XS_EBUSY, freeing nothing, if an acquire is
- * blocked on it.  NULL: no-op, 0.  Must not race with any other call on s.
+ * semaphore is dropped).  No call on s may be in progress or start later —
+ * including a release that has already granted your acquire but may not
+ * have returned yet: join the threads that use s first.  As a safety net,
+ * returns XS_EBUSY and frees nothing if it sees an acquire blocked on s.
+ * NULL: no-op, 0.
  */
 XS_API int xs_sem_free(xs_sem *s);
 
@@ -115,6 +118,7 @@ XS_API int64_t xs_sem_size(const xs_sem *s);
 /*
  * The weight held at this moment (may exceed the size after a shrink), or
  * XS_EINVAL for NULL.  A snapshot: other threads may change it at once.
+ * Takes the internal lock briefly (to read size and weight consistently).
  */
 XS_API int64_t xs_sem_held(xs_sem *s);
 
