@@ -39,6 +39,16 @@
  * needed.  After GRANTED is set the granter touches nothing of the node but
  * the address of its word for the wake (the owner may already have
  * returned; a stray wake is harmless: every park loop re-checks its word).
+ *
+ * Why a grant racing a cancellation gives the weight back: GRANTED is set
+ * only under the lock, on a node it unlinks at the same time.  A woken
+ * waiter first unwatches its context, then: GRANTED and the context done
+ * means the weight goes back through the lock (granting whoever fits);
+ * not GRANTED means it takes the lock, under which GRANTED cannot change,
+ * and either finds a grant slipped in (gives it back) or unlinks itself
+ * (granting those behind if it was the head).  A failed acquire never
+ * keeps weight, and weight it gives back is never left idle with a
+ * waiter that fits.
  */
 #include <xsync/semaphore.h>
 
