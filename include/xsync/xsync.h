@@ -6,6 +6,7 @@
 #include <xsync/context.h>
 #include <xsync/error.h>
 #include <xsync/rate.h>
+#include <xsync/semaphore.h>
 #include <xsync/time.h>
 
 #endif
