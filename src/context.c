@@ -6,10 +6,12 @@
  * ancestor ("canceler"), so done checks are two loads wherever they start.
  *
  * Locking: each cancellable node has a lock guarding its children list, its
- * after-functions, its fd and its waiter count.  Cancellation holds a node's
- * lock while it cancels the children (parent lock, then child lock: the only
- * nesting), so a node can never be reached by a cancellation once it has
- * unlinked itself.  Clock locks are leaves under node locks.
+ * after-functions, its waiters and its fd.  Node locks never nest:
+ * cancellation ends a node under its lock, moves its children to a work list
+ * (each pinned by a memory reference, and marked unlinked so that its owner
+ * no longer needs the parent's lock to free it), drops the lock and goes on
+ * with the work list — a loop, not recursion, so any depth is fine.  The
+ * clock's lock is a leaf taken under a node lock.
  *
  * Lifetimes: `refs` counts user references; when it reaches zero a
  * cancellable node is cancelled and detached, even if it has children (they
@@ -61,9 +63,10 @@ struct xs_ctx {
      * link_parent's lock, with release, once the parent will not touch this
      * node again; so an acquire load that sees false needs no lock. */
     _Atomic bool linked;
-    xs_ctx *kids, *prev, *next;  /* children list (ours), sibling links (in link_parent's) */
-    xs_ctx_after *afters;
-    xs__ctx_waiter *watches;      /* library waiters (context_internal.h) */
+    xs__dnode *kids;             /* our children (their `sib` nodes) */
+    xs__dnode sib;               /* in link_parent->kids; then a work-list link */
+    xs__dnode *afters;
+    xs__dnode *watches;      /* library waiters (context_internal.h) */
     int fd_read, fd_write;
     bool timer_armed;            /* written only at creation */
     xs__timer timer;
@@ -73,7 +76,7 @@ struct xs_ctx_after {
     void (*fn)(void *arg);
     void *arg;
     xs_ctx *owner;               /* the canceler it is registered with, or NULL */
-    xs_ctx_after *prev, *next;   /* in owner->afters (under its lock); fire list */
+    xs__dnode link;              /* in owner->afters (under its lock), then a fire list */
     bool armed;                  /* under owner->lock (no owner: "can never run") */
     _Atomic int refs;            /* 1 for the list or the run, 1 for the handle */
     const xs_allocator *alloc;
@@ -120,11 +123,11 @@ static void fire(xs_ctx_after *h)
     pthread_attr_destroy(&attr);
 }
 
-static void fire_all(xs_ctx_after *list)
+static void fire_all(xs__dnode *list)
 {
     while (list) {
-        xs_ctx_after *next = list->next;
-        fire(list);
+        xs__dnode *next = list->next;
+        fire(XS_CONTAINER_OF(list, xs_ctx_after, link));
         list = next;
     }
 }
@@ -143,11 +146,15 @@ static void signal_fd(xs_ctx *c)
     (void)r; /* the fd only needs to be readable; a full counter/pipe already is */
 }
 
+static void put_mem(xs_ctx *c);
+
 /*
- * Ends c and, recursively, its children.  c->lock is held and c is live.
- * After-functions are moved to *fire_list to run once every lock is dropped.
+ * Ends c: c->lock is held and c is live.  After-functions go to *fire_list,
+ * to run once no lock is held; children go to *work, each pinned by a memory
+ * reference, to be ended by the caller in turn.
  */
-static void cancel_locked(xs_ctx *c, uint32_t st, int cause, xs_ctx_after **fire_list)
+static void end_locked(xs_ctx *c, uint32_t st, int cause, xs__dnode **fire_list,
+                       xs__dnode **work)
 {
     c->cause = cause;
     atomic_store_explicit(&c->state, st, memory_order_release);
@@ -155,32 +162,34 @@ static void cancel_locked(xs_ctx *c, uint32_t st, int cause, xs_ctx_after **fire
         signal_fd(c);
     if (c->waiters)
         xs__park_wake(&c->state, INT32_MAX);
-    for (xs_ctx_after *h = c->afters, *next; h; h = next) {
-        next = h->next;
-        h->armed = false;
-        h->next = *fire_list;
-        *fire_list = h;
+    for (xs__dnode *n = c->afters, *next; n; n = next) {
+        next = n->next;
+        XS_CONTAINER_OF(n, xs_ctx_after, link)->armed = false;
+        n->next = *fire_list;
+        *fire_list = n;
     }
     c->afters = NULL;
-    for (xs__ctx_waiter *w = c->watches, *next; w; w = next) {
-        next = w->next;
+    for (xs__dnode *n = c->watches, *next; n; n = next) {
+        next = n->next;
+        xs__ctx_waiter *w = XS_CONTAINER_OF(n, xs__ctx_waiter, link);
         w->armed = false;
         w->fn(w);
     }
     c->watches = NULL;
     if (c->timer_armed)
         xs__timer_del(c->clock, &c->timer, false);
-    xs_ctx *kid = c->kids, *next;
-    c->kids = NULL;
-    for (; kid; kid = next) {
-        next = kid->next;
-        xs__lock_acquire(&kid->lock);
-        if (atomic_load_explicit(&kid->state, memory_order_relaxed) == 0)
-            cancel_locked(kid, st, cause, fire_list);
-        xs__lock_release(&kid->lock);
-        /* Last touch of kid: from here its owner may free it. */
+    for (xs__dnode *n = c->kids, *next; n; n = next) {
+        next = n->next;
+        xs_ctx *kid = XS_CONTAINER_OF(n, xs_ctx, sib);
+        /* kid is alive: while linked, its owner needs our lock to free it. */
+        atomic_fetch_add_explicit(&kid->mrefs, 1, memory_order_relaxed);
+        /* Release: an owner that sees "unlinked" also sees the pin above, so
+         * it cannot free kid before we are done with it. */
         atomic_store_explicit(&kid->linked, false, memory_order_release);
+        n->next = *work; /* unlinked: its sibling link is ours to reuse */
+        *work = n;
     }
+    c->kids = NULL;
 }
 
 static void unlink_from_parent(xs_ctx *c)
@@ -190,25 +199,30 @@ static void unlink_from_parent(xs_ctx *c)
     xs_ctx *p = c->link_parent;
     xs__lock_acquire(&p->lock);
     if (atomic_load_explicit(&c->linked, memory_order_relaxed)) {
-        if (c->prev)
-            c->prev->next = c->next;
-        else
-            p->kids = c->next;
-        if (c->next)
-            c->next->prev = c->prev;
+        xs__dremove(&p->kids, &c->sib);
         atomic_store_explicit(&c->linked, false, memory_order_relaxed);
     }
     xs__lock_release(&p->lock);
 }
 
-/* Cancels c (if live) and detaches it from its parent. */
+/* Ends c (if live), then every descendant, and detaches c from its parent. */
 static void cancel_node(xs_ctx *c, uint32_t st, int cause)
 {
-    xs_ctx_after *fire_list = NULL;
+    xs__dnode *fire_list = NULL, *work = NULL;
     xs__lock_acquire(&c->lock);
     if (atomic_load_explicit(&c->state, memory_order_relaxed) == 0)
-        cancel_locked(c, st, cause, &fire_list);
+        end_locked(c, st, cause, &fire_list, &work);
     xs__lock_release(&c->lock);
+    while (work) {
+        xs_ctx *k = XS_CONTAINER_OF(work, xs_ctx, sib);
+        work = work->next;
+        xs__lock_acquire(&k->lock);
+        /* Ended meanwhile by its own cancel or release: that came first. */
+        if (atomic_load_explicit(&k->state, memory_order_relaxed) == 0)
+            end_locked(k, st, cause, &fire_list, &work);
+        xs__lock_release(&k->lock);
+        put_mem(k); /* the pin; may free k */
+    }
     fire_all(fire_list);
     unlink_from_parent(c);
 }
@@ -293,7 +307,7 @@ static int new_cancel(xs_ctx *parent, int64_t deadline, int dl_cause, xs_ctx **o
     c->waiters = 0;
     c->link_parent = NULL;
     atomic_init(&c->linked, false);
-    c->kids = c->prev = c->next = NULL;
+    c->kids = NULL;
     c->afters = NULL;
     c->watches = NULL;
     c->fd_read = c->fd_write = -1;
@@ -326,10 +340,7 @@ static int new_cancel(xs_ctx *parent, int64_t deadline, int dl_cause, xs_ctx **o
             c->cause = p->cause;
         } else if (!expired) {
             c->link_parent = p;
-            c->next = p->kids;
-            if (p->kids)
-                p->kids->prev = c;
-            p->kids = c;
+            xs__dpush(&p->kids, &c->sib);
             atomic_store_explicit(&c->linked, true, memory_order_relaxed);
         }
         xs__lock_release(&p->lock);
@@ -544,7 +555,6 @@ int xs_ctx_after_func(xs_ctx *ctx, void (*fn)(void *arg), void *arg, xs_ctx_afte
     h->fn = fn;
     h->arg = arg;
     h->owner = NULL;
-    h->prev = h->next = NULL;
     h->alloc = a;
     if (!c) {
         h->armed = true; /* never runs; stop reports it stopped */
@@ -559,10 +569,7 @@ int xs_ctx_after_func(xs_ctx *ctx, void (*fn)(void *arg), void *arg, xs_ctx_afte
     h->armed = armed;
     if (armed) {
         h->owner = c;
-        h->next = c->afters;
-        if (c->afters)
-            c->afters->prev = h;
-        c->afters = h;
+        xs__dpush(&c->afters, &h->link);
         if (stop) /* we hold a user reference, so mrefs >= 1 already */
             atomic_fetch_add_explicit(&c->mrefs, 1, memory_order_relaxed);
     }
@@ -584,12 +591,7 @@ bool xs_ctx_after_stop(xs_ctx_after *h)
         xs__lock_acquire(&c->lock);
         stopped = h->armed;
         if (stopped) {
-            if (h->prev)
-                h->prev->next = h->next;
-            else
-                c->afters = h->next;
-            if (h->next)
-                h->next->prev = h->prev;
+            xs__dremove(&c->afters, &h->link);
             h->armed = false;
         }
         xs__lock_release(&c->lock);
@@ -609,17 +611,13 @@ bool xs__ctx_watch(xs_ctx *ctx, xs__ctx_waiter *w)
 {
     xs_ctx *c = ctx->canceler;
     w->armed = false;
-    w->prev = w->next = NULL;
     if (!c)
         return true;
     xs__lock_acquire(&c->lock);
     bool live = atomic_load_explicit(&c->state, memory_order_relaxed) == 0;
     if (live) {
         w->armed = true;
-        w->next = c->watches;
-        if (c->watches)
-            c->watches->prev = w;
-        c->watches = w;
+        xs__dpush(&c->watches, &w->link);
     }
     xs__lock_release(&c->lock);
     return live;
@@ -634,12 +632,7 @@ bool xs__ctx_unwatch(xs_ctx *ctx, xs__ctx_waiter *w)
     xs__lock_acquire(&c->lock);
     bool was = w->armed;
     if (was) {
-        if (w->prev)
-            w->prev->next = w->next;
-        else
-            c->watches = w->next;
-        if (w->next)
-            w->next->prev = w->prev;
+        xs__dremove(&c->watches, &w->link);
         w->armed = false;
     }
     xs__lock_release(&c->lock);

@@ -384,6 +384,35 @@ TEST(random_tree_sequential_matches_model)
         xs_ctx_release(node[i]);
 }
 
+/* Cancellation is a loop, not a recursion: any depth works on any stack. */
+TEST(deep_chain_cancels_without_recursion)
+{
+    enum { DEPTH = 300000 };
+    xs_ctx **chain = malloc(DEPTH * sizeof *chain);
+    ASSERT(chain != NULL);
+    xs_ctx *prev = bg();
+    for (int i = 0; i < DEPTH; i++) {
+        ASSERT_EQ(xs_ctx_with_cancel(prev, &chain[i]), 0);
+        prev = chain[i];
+    }
+    xs_ctx_cancel(chain[0], CAUSE_A);
+    EXPECT_EQ(xs_ctx_cause(chain[DEPTH - 1]), CAUSE_A);
+    /* release from the root down: every node's memory waits for its child */
+    for (int i = 0; i < DEPTH; i++)
+        xs_ctx_release(chain[i]);
+    /* and a live chain released from the root: each release cancels the rest */
+    prev = bg();
+    for (int i = 0; i < DEPTH; i++) {
+        ASSERT_EQ(xs_ctx_with_cancel(prev, &chain[i]), 0);
+        prev = chain[i];
+    }
+    xs_ctx_release(chain[0]);
+    EXPECT_EQ(xs_ctx_err(chain[DEPTH - 1]), XS_ECANCELED);
+    for (int i = DEPTH - 1; i > 0; i--)
+        xs_ctx_release(chain[i]);
+    free(chain);
+}
+
 /* ---- deadlines fire by themselves ---- */
 
 static void signal_event(void *p)
