@@ -80,10 +80,10 @@ static xs_ctx *new_gate(void)
     return c;
 }
 
+/* Tasks not yet started still hold the pointer: release after wait. */
 static void open_gate(xs_ctx *c)
 {
     xs_ctx_cancel(c, 0);
-    xs_ctx_release(c);
 }
 
 /* Go's TestTryGo, plus limit 0 making go fail at once. */
@@ -98,11 +98,13 @@ TEST(group_try_go_respects_limit_and_limit_zero_refuses_everything)
     EXPECT_EQ(xs_group_try_go(g, gated, gate), XS_EAGAIN);
     open_gate(gate);
     EXPECT_EQ(xs_group_wait(g), 0);
+    xs_ctx_release(gate);
 
     gate = new_gate();
     EXPECT_EQ(xs_group_try_go(g, gated, gate), 0);
     open_gate(gate);
     EXPECT_EQ(xs_group_wait(g), 0);
+    xs_ctx_release(gate);
 
     ASSERT_EQ(xs_group_set_limit(g, 1), 0);
     gate = new_gate();
@@ -110,6 +112,7 @@ TEST(group_try_go_respects_limit_and_limit_zero_refuses_everything)
     EXPECT_EQ(xs_group_try_go(g, gated, gate), XS_EAGAIN);
     open_gate(gate);
     EXPECT_EQ(xs_group_wait(g), 0);
+    xs_ctx_release(gate);
 
     ASSERT_EQ(xs_group_set_limit(g, 0), 0);
     for (int i = 0; i < 1 << 10; i++)
@@ -182,6 +185,7 @@ TEST(group_set_limit_while_active_is_ebusy_and_keeps_the_limit)
     EXPECT_EQ(xs_group_try_go(g, gated, gate), XS_EAGAIN);
     open_gate(gate);
     EXPECT_EQ(xs_group_wait(g), 0);
+    xs_ctx_release(gate);
     EXPECT_EQ(xs_group_set_limit(g, -1), 0);
     EXPECT_EQ(xs_group_set_limit(g, XS_GROUP_MAX_LIMIT + 1), XS_EINVAL);
     EXPECT_EQ(xs_group_free(g), 0);
