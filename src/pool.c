@@ -119,6 +119,7 @@ struct xs_pool {
     worker *idle_head;
     worker **all; /* max_threads entries; an entry never changes once set */
     int spawning; /* thread creations in flight */
+    int helping;  /* tasks taken by outside threads helping, still running */
     bool closing, stop;
 
     pthread_t wd_thread;
@@ -130,6 +131,13 @@ struct xs_pool {
 
 /* The pool thread the caller is, if any. */
 static _Thread_local worker *self;
+/* The pool whose task this thread runs by helping, and how deeply nested. */
+static _Thread_local xs_pool *helping_pool;
+static _Thread_local int help_depth;
+
+/* Deeper than this, a waiter parks (lending its slot) instead of helping,
+ * so helping never grows a thread's stack without bound. */
+#define MAX_HELP_DEPTH 32
 
 static inline void cpu_relax(void)
 {
@@ -355,20 +363,22 @@ static bool give_token(worker *w)
 
 static void check_quiet_locked(xs_pool *p)
 {
-    if (p->closing && p->spawning == 0 &&
+    if (p->closing && p->spawning == 0 && p->helping == 0 &&
         atomic_load_explicit(&p->nidle, memory_order_relaxed) ==
             atomic_load_explicit(&p->nthreads, memory_order_relaxed))
         pthread_cond_broadcast(&p->quiet);
 }
 
-static void wake_watchdog(xs_pool *p)
+/* mu held.  True if the watchdog sleeps and must be woken (on wd_word). */
+static bool wake_watchdog_locked(xs_pool *p)
 {
     /* seq_cst: pairs with the watchdog's "sleeping, then count idle". */
     if (atomic_load_explicit(&p->wd_sleeping, memory_order_seq_cst) &&
         atomic_exchange_explicit(&p->wd_sleeping, 0, memory_order_relaxed)) {
         atomic_fetch_add_explicit(&p->wd_word, 1, memory_order_release);
-        xs__park_wake(&p->wd_word, 1);
+        return true;
     }
+    return false;
 }
 
 static void *worker_main(void *arg);
@@ -425,21 +435,24 @@ static int start_thread(xs_pool *p, worker *w)
     return r == 0 ? 0 : XS_ENOMEM;
 }
 
-/*
- * Makes sure some thread will look at the queues: wakes an idle thread or
- * starts one, unless a thread is already searching or no token is free (a
- * thread holding one looks when its task ends).
- */
-static void wakeup(xs_pool *p)
+/* What a wake-up decided under mu, to carry out after unlocking. */
+typedef struct wake_plan {
+    worker *wake;  /* futex-wake its `wake` word (address only) */
+    worker *spawn; /* reserved: start its thread */
+    bool watchdog; /* futex-wake wd_word (address only) */
+} wake_plan;
+
+static bool wake_needed(xs_pool *p)
 {
-    if (atomic_load_explicit(&p->searching, memory_order_seq_cst) > 0 ||
-        atomic_load_explicit(&p->tokens, memory_order_seq_cst) <= 0)
+    return atomic_load_explicit(&p->searching, memory_order_seq_cst) == 0 &&
+           atomic_load_explicit(&p->tokens, memory_order_seq_cst) > 0;
+}
+
+/* mu held: picks an idle thread to wake, or reserves a new one. */
+static void plan_wakeup_locked(xs_pool *p, wake_plan *plan)
+{
+    if (p->stop)
         return;
-    pthread_mutex_lock(&p->mu);
-    if (p->stop) {
-        pthread_mutex_unlock(&p->mu);
-        return;
-    }
     worker *w = p->idle_head;
     if (w) {
         p->idle_head = w->idle_next;
@@ -447,17 +460,45 @@ static void wakeup(xs_pool *p)
         atomic_fetch_sub_explicit(&p->nidle, 1, memory_order_seq_cst);
         atomic_fetch_add_explicit(&p->searching, 1, memory_order_seq_cst);
         atomic_store_explicit(&w->wake, 1, memory_order_release);
-        pthread_mutex_unlock(&p->mu);
-        xs__park_wake(&w->wake, 1);
-        wake_watchdog(p);
+        plan->wake = w;
+    } else {
+        plan->spawn = reserve_thread_locked(p);
+    }
+    if (plan->wake || plan->spawn)
+        plan->watchdog = wake_watchdog_locked(p);
+}
+
+/*
+ * mu not held.  After the unlock the pool may be freed at any moment unless
+ * a thread start is reserved (free waits for those): so only address-only
+ * futex wakes, and the reserved start.
+ */
+static void carry_out(xs_pool *p, wake_plan *plan)
+{
+    _Atomic uint32_t *wd = &p->wd_word;
+    if (plan->spawn)
+        start_thread(p, plan->spawn);
+    if (plan->wake)
+        xs__park_wake(&plan->wake->wake, 1);
+    if (plan->watchdog)
+        xs__park_wake(wd, 1);
+}
+
+/*
+ * Makes sure some thread will look at the queues: wakes an idle thread or
+ * starts one, unless a thread is already searching or no token is free (a
+ * thread holding one looks when its task ends).  Callers are pool threads
+ * or the watchdog, so the pool outlives the call.
+ */
+static void wakeup(xs_pool *p)
+{
+    if (!wake_needed(p))
         return;
-    }
-    w = reserve_thread_locked(p);
+    wake_plan plan = {0};
+    pthread_mutex_lock(&p->mu);
+    plan_wakeup_locked(p, &plan);
     pthread_mutex_unlock(&p->mu);
-    if (w) {
-        start_thread(p, w);
-        wake_watchdog(p);
-    }
+    carry_out(p, &plan);
 }
 
 /* Sleeps until woken.  Returns false when the pool is stopping. */
@@ -746,10 +787,12 @@ int xs_pool_free(xs_pool *p)
         return XS_EINVAL;
     if (self && self->pool == p)
         return XS_EBUSY;
+    xs_pool_block_begin(); /* a task of another pool lends its slot meanwhile */
     pthread_mutex_lock(&p->mu);
     p->closing = true;
     for (;;) {
-        bool all_idle = p->spawning == 0 && atomic_load_explicit(&p->nidle, memory_order_relaxed) ==
+        bool all_idle = p->spawning == 0 && p->helping == 0 &&
+                        atomic_load_explicit(&p->nidle, memory_order_relaxed) ==
                                                 atomic_load_explicit(&p->nthreads, memory_order_relaxed);
         if (all_idle && !has_work(p))
             break;
@@ -757,6 +800,7 @@ int xs_pool_free(xs_pool *p)
     }
     pthread_mutex_unlock(&p->mu);
     pool_stop_and_destroy(p);
+    xs_pool_block_end();
     return 0;
 }
 
@@ -772,26 +816,40 @@ int xs_pool_submit(xs_pool *p, void (*fn)(void *arg), void *arg)
         wakeup(p);
         return 0;
     }
+    /* From outside, the wake-up is decided under the same lock as the push:
+     * once we unlock, a concurrent xs_pool_free may finish at any time. */
+    wake_plan plan = {0};
     pthread_mutex_lock(&p->mu);
     int r = 0;
-    if (p->closing && !own)
+    if (p->closing && !own && helping_pool != p)
         r = XS_ECLOSED;
     else if (!gq_push_locked(p, fn, arg))
         r = XS_ENOMEM;
+    else if (wake_needed(p))
+        plan_wakeup_locked(p, &plan);
     pthread_mutex_unlock(&p->mu);
-    if (r == 0)
-        wakeup(p);
+    carry_out(p, &plan);
     return r;
 }
 
 bool xs__pool_help(xs_pool *p, void (*fn)(void *), bool (*match)(void *arg, void *data), void *data)
 {
+    if (help_depth >= MAX_HELP_DEPTH)
+        return false;
     worker *w = self;
     bool own = w && w->pool == p;
     task t;
     if (own && dq_pop(&w->dq, &t)) {
-        if (t.fn == fn && match(t.arg, data))
-            goto run;
+        if (t.fn == fn && match(t.arg, data)) {
+            /* Bump seq by two: the watchdog sees progress, and the parity
+             * (inside a task or not) is unchanged. */
+            uint64_t s = atomic_load_explicit(&w->seq, memory_order_relaxed);
+            atomic_store_explicit(&w->seq, s + 2, memory_order_relaxed);
+            help_depth++;
+            t.fn(t.arg);
+            help_depth--;
+            return true;
+        }
         dq_push(&w->dq, t.fn, t.arg); /* room: we just took it out */
     }
     if (!atomic_load_explicit(&p->gq_len, memory_order_relaxed))
@@ -802,20 +860,32 @@ bool xs__pool_help(xs_pool *p, void (*fn)(void *), bool (*match)(void *arg, void
     if (len) {
         t = p->gq[(p->gq_head + len - 1) % p->gq_cap];
         got = t.fn == fn && match(t.arg, data);
-        if (got)
+        if (got) {
             atomic_store_explicit(&p->gq_len, len - 1, memory_order_relaxed);
+            if (!own)
+                p->helping++; /* a running task that free must wait for */
+        }
     }
     pthread_mutex_unlock(&p->mu);
     if (!got)
         return false;
-run:
-    if (w) {
-        /* Bump seq by two: the watchdog sees progress, and the parity
-         * (inside a task or not) is unchanged. */
+    xs_pool *outer = helping_pool;
+    if (own) {
         uint64_t s = atomic_load_explicit(&w->seq, memory_order_relaxed);
         atomic_store_explicit(&w->seq, s + 2, memory_order_relaxed);
+    } else {
+        helping_pool = p; /* its submissions count as the pool's own */
     }
+    help_depth++;
     t.fn(t.arg);
+    help_depth--;
+    if (!own) {
+        helping_pool = outer;
+        pthread_mutex_lock(&p->mu);
+        p->helping--;
+        check_quiet_locked(p);
+        pthread_mutex_unlock(&p->mu);
+    }
     return true;
 }
 
