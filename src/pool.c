@@ -520,6 +520,7 @@ static bool go_idle(worker *w)
 
     /* The final look (see the top of the file). */
     if (has_work(p) && atomic_load_explicit(&p->tokens, memory_order_seq_cst) > 0) {
+        bool wd = false;
         pthread_mutex_lock(&p->mu);
         bool listed = w->idle;
         if (listed) {
@@ -529,8 +530,11 @@ static bool go_idle(worker *w)
             *pp = w->idle_next;
             w->idle = false;
             atomic_fetch_sub_explicit(&p->nidle, 1, memory_order_seq_cst);
+            wd = wake_watchdog_locked(p); /* it may sleep: "every thread idle" */
         }
         pthread_mutex_unlock(&p->mu);
+        if (wd)
+            xs__park_wake(&p->wd_word, 1);
         if (listed)
             return true; /* not counted as searching */
     }

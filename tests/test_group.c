@@ -466,3 +466,52 @@ TEST(group_stress_concurrent_go_with_limit)
     EXPECT_EQ(atomic_load(&st.ran), 4 * 2000);
     EXPECT_EQ(xs_group_free(st.g), 0);
 }
+
+/* Stress: cancellation racing completion.  Many rounds of a group whose
+ * tasks either fail with their own code, wait on the group's context, or
+ * return at once; wait must return one of the failures (or 0 if none) and
+ * the context's cause must equal it. */
+static int race_task(xs_ctx *ctx, void *arg)
+{
+    int kind = (int)(intptr_t)arg;
+    if (kind >= 1000)
+        return kind; /* a failure with its own code */
+    if (kind == 1)
+        xs_ctx_wait(ctx, XS_FOREVER);
+    return 0;
+}
+
+TEST(group_stress_cancel_races_completion)
+{
+    xs_pool_opts po = {.workers = 2};
+    xs_pool *p;
+    ASSERT_EQ(xs_pool_new(&po, &p), 0);
+    uint32_t rng = 12345;
+    for (int round = 0; round < 300; round++) {
+        xs_group *g;
+        xs_ctx *ctx;
+        xs_group_opts o = {.pool = p};
+        ASSERT_EQ(xs_group_new(NULL, &o, &g, &ctx), 0);
+        int fails = 0, n = 1 + (int)(rng % 40);
+        bool has_fail = false;
+        for (int i = 0; i < n; i++) {
+            rng = rng * 1103515245u + 12345u;
+            int kind = (int)((rng >> 16) % 4);
+            if (kind == 3) {
+                kind = 1000 + i;
+                fails++;
+                has_fail = true;
+            }
+            ASSERT_EQ(xs_group_go(g, race_task, (void *)(intptr_t)kind), 0);
+        }
+        if (!has_fail) /* tasks blocked on ctx need somebody to fail */
+            ASSERT_EQ(xs_group_go(g, race_task, (void *)(intptr_t)(1000 + n)), 0);
+        int e = xs_group_wait(g);
+        EXPECT_GE(e, 1000);
+        EXPECT_LE(e, 1000 + n);
+        EXPECT_EQ(xs_ctx_cause(ctx), e);
+        EXPECT_EQ(xs_group_free(g), 0);
+        (void)fails;
+    }
+    EXPECT_EQ(xs_pool_free(p), 0);
+}

@@ -499,3 +499,77 @@ TEST(pool_standins_respect_the_cap)
     th_event_destroy(&c.entered);
     th_event_destroy(&c.done);
 }
+
+/* ---- stress: a random mix of trivial, spawning and blocking tasks ---- */
+
+#define STRESS_TASKS 20000
+
+typedef struct mix {
+    xs_pool *pool;
+    xs_ctx *never; /* waited on with timeouts: a library wait that times out */
+    _Atomic uint8_t ran[STRESS_TASKS];
+    _Atomic int next, done;
+    th_event finished;
+} mix;
+
+static mix *the_mix;
+
+static void mix_task(void *arg)
+{
+    mix *m = the_mix;
+    int id = (int)(intptr_t)arg;
+    atomic_fetch_add(&m->ran[id], 1);
+    uint32_t h = (uint32_t)id * 2654435761u;
+    switch (h >> 29) {
+    case 0: /* spawn up to two more */
+        for (int k = 0; k < 2; k++) {
+            int nid = atomic_fetch_add(&m->next, 1);
+            if (nid < STRESS_TASKS)
+                EXPECT_EQ(xs_pool_submit(m->pool, mix_task, (void *)(intptr_t)nid), 0);
+        }
+        break;
+    case 1: /* a library wait that times out */
+        xs_ctx_wait(m->never, 50 * 1000);
+        break;
+    case 2: { /* announced blocking */
+        struct timespec ts = {0, 20 * 1000};
+        xs_pool_block_begin();
+        nanosleep(&ts, NULL);
+        xs_pool_block_end();
+        break;
+    }
+    default:
+        break;
+    }
+    if (atomic_fetch_add(&m->done, 1) + 1 == STRESS_TASKS)
+        th_event_signal(&m->finished);
+}
+
+TEST(pool_stress_mixed_tasks_each_run_once)
+{
+    the_mix = calloc(1, sizeof *the_mix);
+    ASSERT(the_mix);
+    mix *m = the_mix;
+    th_event_init(&m->finished);
+    xs_ctx_with_cancel(xs_ctx_background(), &m->never);
+    m->pool = new_pool(2);
+    ASSERT(m->pool);
+    /* Outside threads submit too, while tasks spawn. */
+    for (;;) {
+        int id = atomic_fetch_add(&m->next, 1);
+        if (id >= STRESS_TASKS)
+            break;
+        ASSERT_EQ(xs_pool_submit(m->pool, mix_task, (void *)(intptr_t)id), 0);
+        if (id % 64 == 0)
+            sched_yield();
+    }
+    EXPECT(th_event_wait(&m->finished, 1, 60000));
+    EXPECT_EQ(xs_pool_free(m->pool), 0);
+    int wrong = 0;
+    for (int i = 0; i < STRESS_TASKS; i++)
+        wrong += atomic_load(&m->ran[i]) != 1;
+    EXPECT_EQ(wrong, 0);
+    xs_ctx_release(m->never);
+    th_event_destroy(&m->finished);
+    free(m);
+}

@@ -17,9 +17,16 @@
  * period (default 10 ms) while tasks are queued and every slot is held, a
  * thread that has been inside the same task for a whole period without
  * using CPU time loses its slot to another thread.  So a queued task starts
- * within about one period per `workers` unannounced blocked tasks ahead of
- * it, as long as the cap allows threads.  Tasks that compute are never
- * disturbed.
+ * within about two periods per `workers` unannounced blocked tasks ahead of
+ * it (100 tasks in a plain pthread_barrier on 2 workers: about 1 s), as
+ * long as the cap allows threads.  Tasks that compute are never disturbed.
+ * Announce blocking instead wherever you can: it costs nothing to wait for.
+ *
+ * Threads: the first starts with the pool, the others when work is queued
+ * and a slot is free but no thread is idle.  A thread, once started, stays
+ * (asleep when idle) until the pool is freed; at most workers +
+ * max_standins exist.  When every one of them is blocked, queued tasks wait
+ * for one to return.
  *
  * Order: tasks submitted from outside the pool go to a shared FIFO queue;
  * tasks submitted by a task of the pool go to its worker's own queue, run
