@@ -218,6 +218,8 @@ static bool dq_nonempty(deque *d)
     return b > t;
 }
 
+static void wakeup(xs_pool *p);
+
 /* ---- the shared queue (under mu) ---- */
 
 static bool gq_push_locked(xs_pool *p, task_fn fn, void *arg)
@@ -264,13 +266,19 @@ static bool gq_grab(worker *w, task *out)
     size_t more = (len - 1) / (size_t)p->workers;
     if (more > DQ_SIZE / 2)
         more = DQ_SIZE / 2;
+    bool moved = false;
     while (more--) {
         task t = p->gq[p->gq_head];
         if (!dq_push(&w->dq, t.fn, t.arg))
             break;
         gq_take_head_locked(p);
+        moved = true;
     }
     pthread_mutex_unlock(&p->mu);
+    /* The batch was out of sight for a moment: a thread that went idle
+     * then may have missed it.  (Cheap when no token is free.) */
+    if (moved)
+        wakeup(p);
     return true;
 }
 
@@ -855,6 +863,8 @@ bool xs__pool_help(xs_pool *p, void (*fn)(void *), bool (*match)(void *arg, void
             return true;
         }
         dq_push(&w->dq, t.fn, t.arg); /* room: we just took it out */
+        /* It was out of sight for a moment (see gq_grab). */
+        wakeup(p);
     }
     if (!atomic_load_explicit(&p->gq_len, memory_order_relaxed))
         return false;
