@@ -48,6 +48,8 @@ typedef struct chunk {
     rec recs[CHUNK];
 } chunk;
 
+/* Laid out so that what finishing tasks write (st, the record stacks) and
+ * what go writes (mu and its fields) sit on different cache lines. */
 struct xs_group {
     _Atomic uint32_t st;
     _Atomic int limit; /* -1: none; changed only under SETTING */
@@ -56,11 +58,13 @@ struct xs_group {
     xs_pool *pool;
     xs_ctx *ctx;
     const xs_allocator *alloc;
+    char pad1_[64]; /* padding, not alignment: blocks come from any allocator */
     xs__lock mu; /* free, chunks, carve, next_idx */
     rec *free;
     chunk *chunks;
     unsigned carve;
     uint32_t next_idx;
+    char pad2_[64];
     _Atomic(rec *) returned;
     _Atomic(rec *) done;
 };

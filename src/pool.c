@@ -104,11 +104,16 @@ struct xs_pool {
     int64_t period;
     bool is_default;
 
-    /* Hot shared counters, each on its own line. */
-    _Alignas(64) _Atomic int tokens;
-    _Alignas(64) _Atomic int searching;
-    _Alignas(64) _Atomic size_t gq_len; /* written under mu; read without */
-    _Alignas(64) _Atomic int nslots;    /* published entries of `all` */
+    /* Hot shared counters, each on its own line (padding rather than
+     * _Alignas: the block comes from any allocator). */
+    char pad0_[64];
+    _Atomic int tokens;
+    char pad1_[64];
+    _Atomic int searching;
+    char pad2_[64];
+    _Atomic size_t gq_len; /* written under mu; read without */
+    char pad3_[64];
+    _Atomic int nslots; /* published entries of `all` */
     _Atomic int nthreads;               /* live threads; written under mu */
     _Atomic int nidle;                  /* written under mu */
 
