@@ -225,6 +225,16 @@ static bool dq_nonempty(deque *d)
 
 static void wakeup(xs_pool *p);
 
+/* An allocation made while holding mu: the user's allocator might wait in
+ * the library, whose hook would take mu again; so no hook meanwhile. */
+static void *alloc_locked(xs_pool *p, size_t size, bool zero)
+{
+    xs__park_hook *h = xs__park_swap_hook(NULL);
+    void *ptr = zero ? xs__calloc(p->alloc, size) : xs__alloc(p->alloc, size);
+    xs__park_swap_hook(h);
+    return ptr;
+}
+
 /* ---- the shared queue (under mu) ---- */
 
 static bool gq_push_locked(xs_pool *p, task_fn fn, void *arg)
@@ -232,7 +242,7 @@ static bool gq_push_locked(xs_pool *p, task_fn fn, void *arg)
     size_t len = atomic_load_explicit(&p->gq_len, memory_order_relaxed);
     if (len == p->gq_cap) {
         size_t cap = p->gq_cap * 2;
-        task *q = xs__alloc(p->alloc, cap * sizeof *q);
+        task *q = alloc_locked(p, cap * sizeof *q, false);
         if (!q)
             return false;
         for (size_t i = 0; i < len; i++)
@@ -410,7 +420,7 @@ static worker *reserve_thread_locked(xs_pool *p)
     if (!w) {
         if (slots == p->max_threads)
             return NULL;
-        w = xs__calloc(p->alloc, sizeof *w);
+        w = alloc_locked(p, sizeof *w, true);
         if (!w)
             return NULL;
         w->pool = p;

@@ -95,7 +95,8 @@ XS_API int xs_pool_new(const xs_pool_opts *opts, xs_pool **out);
  * threads that are not the pool's own fail with XS_ECLOSED.  Blocking.
  * Returns 0; XS_EINVAL for NULL or the default pool; XS_EBUSY when called
  * from one of the pool's own threads (it would wait for itself), with the
- * pool unchanged.  The pool must not be used once this returns.
+ * pool unchanged.  The pool must not be used once this returns, and
+ * whatever runs tasks on it (groups) must be done with it before the call.
  */
 XS_API int xs_pool_free(xs_pool *pool);
 
