@@ -15,11 +15,12 @@
  * the limit only by turning a zero word into SETTING, so the limit a go
  * reads while its increment stands cannot change under it.
  *
- * Task records come from chunks owned by the group (so a group with 1000
- * tasks allocates a handful of chunks, not 1000 blocks).  A finished task
- * pushes its record onto a lock-free stack (`returned`, or `done` in collect
- * mode); go, under `mu`, takes the whole stack at once when its private
- * free list is empty — one consumer taking everything, so no ABA.
+ * A task is queued on the pool as (runner, user function, user argument,
+ * group): no allocation per task.  Collect mode needs a result slot per
+ * task: records from chunks owned by the group (a handful of allocations
+ * for 1000 tasks); a finished task pushes its record onto a lock-free stack
+ * (`done`) that wait takes whole — one consumer taking everything, so no
+ * ABA — and recycles under `mu`.
  */
 #include <xsync/group.h>
 
@@ -35,8 +36,6 @@
 #define SPINS 200 /* polls of the word before parking */
 
 typedef struct rec {
-    xs_group *g;
-    xs_group_fn fn;
     void *arg;
     struct rec *next;
     uint32_t idx; /* submission index since the last wait (collect mode) */
@@ -48,8 +47,8 @@ typedef struct chunk {
     rec recs[CHUNK];
 } chunk;
 
-/* Laid out so that what finishing tasks write (st, the record stacks) and
- * what go writes (mu and its fields) sit on different cache lines. */
+/* Laid out so that what finishing tasks write (st, the done stack) and what
+ * go writes (mu and its fields) sit on different cache lines. */
 struct xs_group {
     _Atomic uint32_t st;
     _Atomic int limit; /* -1: none; changed only under SETTING */
@@ -65,7 +64,6 @@ struct xs_group {
     unsigned carve;
     uint32_t next_idx;
     char pad2_[64];
-    _Atomic(rec *) returned;
     _Atomic(rec *) done;
 };
 
@@ -103,34 +101,47 @@ static void slot_release(xs_group *g)
         xs__park_wake(&g->st, INT32_MAX);
 }
 
-static void group_run(void *arg)
+/* Records a task's result: the first error is kept and (outside collect
+ * mode) cancels the derived context. */
+static void note_result(xs_group *g, int e)
 {
-    rec *r = arg;
-    xs_group *g = r->g;
-    int e = r->fn(g->ctx, r->arg);
-    if (e) {
-        int zero = 0;
-        /* Relaxed: readers that need the value acquire it through st. */
-        if (atomic_compare_exchange_strong_explicit(&g->err, &zero, e, memory_order_relaxed,
-                                                    memory_order_relaxed) &&
-            !(g->flags & XS_GROUP_COLLECT))
-            xs_ctx_cancel(g->ctx, e);
-    }
-    r->err = e;
-    push(g->flags & XS_GROUP_COLLECT ? &g->done : &g->returned, r);
+    if (!e)
+        return;
+    int zero = 0;
+    /* Relaxed: readers that need the value acquire it through st. */
+    if (atomic_compare_exchange_strong_explicit(&g->err, &zero, e, memory_order_relaxed,
+                                                memory_order_relaxed) &&
+        !(g->flags & XS_GROUP_COLLECT))
+        xs_ctx_cancel(g->ctx, e);
+}
+
+/* The pool runs a task as group_run(user fn, user arg, group). */
+static void group_run(xs__fn f, void *arg, void *gp)
+{
+    xs_group *g = gp;
+    note_result(g, ((xs_group_fn)f)(g->ctx, arg));
     slot_release(g);
 }
 
-static bool is_ours(void *arg, void *g)
+/* Collect mode: the argument is the task's record. */
+static void group_run_collect(xs__fn f, void *rp, void *gp)
 {
-    return ((rec *)arg)->g == g;
+    xs_group *g = gp;
+    rec *r = rp;
+    r->err = ((xs_group_fn)f)(g->ctx, r->arg);
+    note_result(g, r->err);
+    push(&g->done, r);
+    slot_release(g);
+}
+
+static xs__task_run runner(const xs_group *g)
+{
+    return g->flags & XS_GROUP_COLLECT ? group_run_collect : group_run;
 }
 
 /* mu held. */
 static rec *rec_get(xs_group *g)
 {
-    if (!g->free)
-        g->free = atomic_exchange_explicit(&g->returned, NULL, memory_order_acquire);
     rec *r = g->free;
     if (r) {
         g->free = r->next;
@@ -150,7 +161,7 @@ static rec *rec_get(xs_group *g)
 /* Parks (or helps) until the count may be below lim. */
 static void wait_for_slot(xs_group *g, int lim)
 {
-    if (xs__pool_help(g->pool, group_run, is_ours, g))
+    if (xs__pool_help(g->pool, runner(g), g))
         return;
     for (int i = 0; i < SPINS; i++) {
         if ((atomic_load_explicit(&g->st, memory_order_relaxed) & COUNT_MASK) < (uint32_t)lim)
@@ -210,20 +221,25 @@ static int go_common(xs_group *g, xs_group_fn fn, void *arg, bool block)
     int r = acquire_slot(g, block);
     if (r)
         return r;
+    if (!(g->flags & XS_GROUP_COLLECT)) {
+        r = xs__pool_submit_task(g->pool, group_run, (xs__fn)fn, arg, g);
+        if (r)
+            slot_release(g);
+        return r;
+    }
     xs__lock_acquire(&g->mu);
     rec *rc = rec_get(g);
-    if (rc)
+    if (rc) {
         rc->idx = g->next_idx++;
+        rc->arg = arg;
+        rc->err = 0;
+    }
     xs__lock_release(&g->mu);
     if (!rc) {
         slot_release(g);
         return XS_ENOMEM;
     }
-    rc->g = g;
-    rc->fn = fn;
-    rc->arg = arg;
-    rc->err = 0;
-    r = xs_pool_submit(g->pool, group_run, rc);
+    r = xs__pool_submit_task(g->pool, group_run_collect, (xs__fn)fn, rc, g);
     if (r) {
         xs__lock_acquire(&g->mu);
         if (rc->idx + 1 == g->next_idx)
@@ -298,7 +314,7 @@ int xs_group_wait_errs(xs_group *g, int *errs, size_t n)
         uint32_t s = atomic_load_explicit(&g->st, memory_order_acquire);
         if ((s & COUNT_MASK) == 0)
             break;
-        if (xs__pool_help(g->pool, group_run, is_ours, g)) {
+        if (xs__pool_help(g->pool, runner(g), g)) {
             spins = 0;
             continue;
         }

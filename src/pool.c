@@ -47,19 +47,21 @@
 #define MAX_STANDINS 65536
 #define SEARCH_ROUNDS 32 /* polls of every queue before a thread sleeps */
 
-typedef void (*task_fn)(void *);
-
+/* A queued task: run(f, a, b).  Public tasks are run_plain(fn, arg, -);
+ * the group queues its own runner with the user's function and the group. */
 typedef struct task {
-    task_fn fn;
-    void *arg;
+    xs__task_run run;
+    xs__fn f;
+    void *a, *b;
 } task;
 
 /* Slots are atomic because a thief may read one while the owner rewrites it
  * after wrapping around; the thief's CAS on `top` then fails and it drops
  * what it read. */
 typedef struct dq_slot {
-    _Atomic(task_fn) fn;
-    _Atomic(void *) arg;
+    _Atomic(xs__task_run) run;
+    _Atomic(xs__fn) f;
+    _Atomic(void *) a, b;
 } dq_slot;
 
 typedef struct deque {
@@ -157,16 +159,30 @@ static inline void cpu_relax(void)
  * seq_cst accesses where the paper has fences ---- */
 
 /* Owner only.  False when full. */
-static bool dq_push(deque *d, task_fn fn, void *arg)
+static void slot_store(dq_slot *s, const task *t)
+{
+    atomic_store_explicit(&s->run, t->run, memory_order_relaxed);
+    atomic_store_explicit(&s->f, t->f, memory_order_relaxed);
+    atomic_store_explicit(&s->a, t->a, memory_order_relaxed);
+    atomic_store_explicit(&s->b, t->b, memory_order_relaxed);
+}
+
+static void slot_load(dq_slot *s, task *t)
+{
+    t->run = atomic_load_explicit(&s->run, memory_order_relaxed);
+    t->f = atomic_load_explicit(&s->f, memory_order_relaxed);
+    t->a = atomic_load_explicit(&s->a, memory_order_relaxed);
+    t->b = atomic_load_explicit(&s->b, memory_order_relaxed);
+}
+
+static bool dq_push(deque *d, const task *t)
 {
     int64_t b = atomic_load_explicit(&d->bottom, memory_order_relaxed);
     /* Acquire: thieves' reads of the slot we may reuse are done. */
-    int64_t t = atomic_load_explicit(&d->top, memory_order_acquire);
-    if (b - t >= DQ_SIZE)
+    int64_t top = atomic_load_explicit(&d->top, memory_order_acquire);
+    if (b - top >= DQ_SIZE)
         return false;
-    dq_slot *s = &d->buf[b & (DQ_SIZE - 1)];
-    atomic_store_explicit(&s->fn, fn, memory_order_relaxed);
-    atomic_store_explicit(&s->arg, arg, memory_order_relaxed);
+    slot_store(&d->buf[b & (DQ_SIZE - 1)], t);
     /* seq_cst: publishes the slot (release) and is the "task queued" half
      * of the Dekker pairing with a thread giving back its token. */
     atomic_store_explicit(&d->bottom, b + 1, memory_order_seq_cst);
@@ -187,9 +203,7 @@ static bool dq_pop(deque *d, task *out)
         atomic_store_explicit(&d->bottom, b + 1, memory_order_release);
         return false;
     }
-    dq_slot *s = &d->buf[b & (DQ_SIZE - 1)];
-    out->fn = atomic_load_explicit(&s->fn, memory_order_relaxed);
-    out->arg = atomic_load_explicit(&s->arg, memory_order_relaxed);
+    slot_load(&d->buf[b & (DQ_SIZE - 1)], out);
     if (t < b)
         return true;
     /* The last one: race the thieves for it. */
@@ -207,9 +221,7 @@ static int dq_steal(deque *d, task *out)
     int64_t b = atomic_load_explicit(&d->bottom, memory_order_seq_cst);
     if (t >= b)
         return 0;
-    dq_slot *s = &d->buf[t & (DQ_SIZE - 1)];
-    out->fn = atomic_load_explicit(&s->fn, memory_order_relaxed);
-    out->arg = atomic_load_explicit(&s->arg, memory_order_relaxed);
+    slot_load(&d->buf[t & (DQ_SIZE - 1)], out);
     if (!atomic_compare_exchange_strong_explicit(&d->top, &t, t + 1, memory_order_seq_cst,
                                                  memory_order_relaxed))
         return -1;
@@ -237,7 +249,7 @@ static void *alloc_locked(xs_pool *p, size_t size, bool zero)
 
 /* ---- the shared queue (under mu) ---- */
 
-static bool gq_push_locked(xs_pool *p, task_fn fn, void *arg)
+static bool gq_push_locked(xs_pool *p, const task *t)
 {
     size_t len = atomic_load_explicit(&p->gq_len, memory_order_relaxed);
     if (len == p->gq_cap) {
@@ -252,7 +264,7 @@ static bool gq_push_locked(xs_pool *p, task_fn fn, void *arg)
         p->gq_cap = cap;
         p->gq_head = 0;
     }
-    p->gq[(p->gq_head + len) % p->gq_cap] = (task){fn, arg};
+    p->gq[(p->gq_head + len) % p->gq_cap] = *t;
     /* seq_cst: the "task queued" half of the Dekker pairing. */
     atomic_store_explicit(&p->gq_len, len + 1, memory_order_seq_cst);
     return true;
@@ -283,8 +295,7 @@ static bool gq_grab(worker *w, task *out)
         more = DQ_SIZE / 2;
     bool moved = false;
     while (more--) {
-        task t = p->gq[p->gq_head];
-        if (!dq_push(&w->dq, t.fn, t.arg))
+        if (!dq_push(&w->dq, &p->gq[p->gq_head]))
             break;
         gq_take_head_locked(p);
         moved = true;
@@ -358,7 +369,7 @@ static void run_task(worker *w, task t)
     uint64_t s = atomic_load_explicit(&w->seq, memory_order_relaxed);
     /* Release: the watchdog reading an odd seq also sees cpu/have_cpu. */
     atomic_store_explicit(&w->seq, s + 1, memory_order_release);
-    t.fn(t.arg);
+    t.run(t.f, t.a, t.b);
     atomic_store_explicit(&w->seq, s + 2, memory_order_relaxed);
 }
 
@@ -833,13 +844,11 @@ int xs_pool_free(xs_pool *p)
 
 /* ---- submitting ---- */
 
-int xs_pool_submit(xs_pool *p, void (*fn)(void *arg), void *arg)
+static int submit(xs_pool *p, const task *t)
 {
-    if (!p || !fn)
-        return XS_EINVAL;
     worker *w = self;
     bool own = w && w->pool == p;
-    if (own && dq_push(&w->dq, fn, arg)) {
+    if (own && dq_push(&w->dq, t)) {
         wakeup(p);
         return 0;
     }
@@ -850,7 +859,7 @@ int xs_pool_submit(xs_pool *p, void (*fn)(void *arg), void *arg)
     int r = 0;
     if (p->closing && !own && helping_pool != p)
         r = XS_ECLOSED;
-    else if (!gq_push_locked(p, fn, arg))
+    else if (!gq_push_locked(p, t))
         r = XS_ENOMEM;
     else if (wake_needed(p))
         plan_wakeup_locked(p, &plan);
@@ -859,7 +868,27 @@ int xs_pool_submit(xs_pool *p, void (*fn)(void *arg), void *arg)
     return r;
 }
 
-bool xs__pool_help(xs_pool *p, void (*fn)(void *), bool (*match)(void *arg, void *data), void *data)
+static void run_plain(xs__fn f, void *a, void *b)
+{
+    (void)b;
+    ((void (*)(void *))f)(a);
+}
+
+int xs_pool_submit(xs_pool *p, void (*fn)(void *arg), void *arg)
+{
+    if (!p || !fn)
+        return XS_EINVAL;
+    task t = {run_plain, (xs__fn)fn, arg, NULL};
+    return submit(p, &t);
+}
+
+int xs__pool_submit_task(xs_pool *p, xs__task_run run, xs__fn f, void *a, void *b)
+{
+    task t = {run, f, a, b};
+    return submit(p, &t);
+}
+
+bool xs__pool_help(xs_pool *p, xs__task_run run, const void *b)
 {
     if (help_depth >= MAX_HELP_DEPTH)
         return false;
@@ -867,17 +896,17 @@ bool xs__pool_help(xs_pool *p, void (*fn)(void *), bool (*match)(void *arg, void
     bool own = w && w->pool == p;
     task t;
     if (own && dq_pop(&w->dq, &t)) {
-        if (t.fn == fn && match(t.arg, data)) {
+        if (t.run == run && t.b == b) {
             /* Bump seq by two: the watchdog sees progress, and the parity
              * (inside a task or not) is unchanged. */
             uint64_t s = atomic_load_explicit(&w->seq, memory_order_relaxed);
             atomic_store_explicit(&w->seq, s + 2, memory_order_relaxed);
             help_depth++;
-            t.fn(t.arg);
+            t.run(t.f, t.a, t.b);
             help_depth--;
             return true;
         }
-        dq_push(&w->dq, t.fn, t.arg); /* room: we just took it out */
+        dq_push(&w->dq, &t); /* room: we just took it out */
         /* It was out of sight for a moment (see gq_grab). */
         wakeup(p);
     }
@@ -888,7 +917,7 @@ bool xs__pool_help(xs_pool *p, void (*fn)(void *), bool (*match)(void *arg, void
     bool got = false;
     if (len) {
         t = p->gq[(p->gq_head + len - 1) % p->gq_cap];
-        got = t.fn == fn && match(t.arg, data);
+        got = t.run == run && t.b == b;
         if (got) {
             atomic_store_explicit(&p->gq_len, len - 1, memory_order_relaxed);
             if (!own)
@@ -906,7 +935,7 @@ bool xs__pool_help(xs_pool *p, void (*fn)(void *), bool (*match)(void *arg, void
         helping_pool = p; /* its submissions count as the pool's own */
     }
     help_depth++;
-    t.fn(t.arg);
+    t.run(t.f, t.a, t.b);
     help_depth--;
     if (!own) {
         helping_pool = outer;

@@ -417,12 +417,27 @@ TEST(group_out_of_memory_leaks_nothing_and_leaves_group_usable)
     EXPECT_EQ(xs_group_new(NULL, &o, &g, NULL), XS_ENOMEM);
     EXPECT_EQ(atomic_load(&c.live_bytes), 0);
     ASSERT_EQ(xs_group_new(NULL, &o, &g, NULL), 0);
-    /* The first go needs a chunk of task records. */
+    /* A plain go allocates nothing. */
+    int64_t allocs = atomic_load(&c.allocs);
+    xs_alloc_counter_fail_at(&c, 1, 1);
+    EXPECT_EQ(xs_group_go(g, return_arg, (void *)(intptr_t)0), 0);
+    EXPECT_EQ(xs_group_wait(g), 0);
+    xs_alloc_counter_fail_at(&c, 0, 0);
+    EXPECT_EQ(atomic_load(&c.allocs), allocs);
+    EXPECT_EQ(xs_group_free(g), 0);
+    EXPECT_EQ(atomic_load(&c.live_bytes), 0);
+
+    /* Collect mode: the first go needs a chunk of result records. */
+    o.flags = XS_GROUP_COLLECT;
+    ASSERT_EQ(xs_group_new(NULL, &o, &g, NULL), 0);
     xs_alloc_counter_fail_at(&c, 1, 0);
     EXPECT_EQ(xs_group_go(g, return_arg, (void *)(intptr_t)E1), XS_ENOMEM);
     EXPECT_EQ(xs_group_set_limit(g, 3), 0); /* nothing active: the failed go left nothing */
-    EXPECT_EQ(xs_group_go(g, return_arg, (void *)(intptr_t)0), 0);
-    EXPECT_EQ(xs_group_wait(g), 0);
+    EXPECT_EQ(xs_group_go(g, return_arg, (void *)(intptr_t)E2), 0);
+    int errs[2] = {-1, -1};
+    EXPECT_EQ(xs_group_wait_errs(g, errs, 2), E2);
+    EXPECT_EQ(errs[0], E2); /* the failed go took no index */
+    EXPECT_EQ(errs[1], 0);
     EXPECT_EQ(xs_group_free(g), 0);
     EXPECT_EQ(atomic_load(&c.live_bytes), 0);
 }
