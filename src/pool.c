@@ -344,15 +344,21 @@ static bool steal_any(worker *w, task *out)
     return false;
 }
 
-static bool find_work(worker *w, task *out)
+/* One look at every queue. */
+static bool look_once(worker *w, task *out)
 {
     xs_pool *p = w->pool;
+    return dq_pop(&w->dq, out) ||
+           (atomic_load_explicit(&p->gq_len, memory_order_relaxed) && gq_grab(w, out)) ||
+           steal_any(w, out);
+}
+
+/* Polls every queue for a while.  The caller counts itself as searching
+ * meanwhile, so submitters need not wake anybody. */
+static bool find_work(worker *w, task *out)
+{
     for (int round = 0; round < SEARCH_ROUNDS; round++) {
-        if (dq_pop(&w->dq, out))
-            return true;
-        if (atomic_load_explicit(&p->gq_len, memory_order_relaxed) && gq_grab(w, out))
-            return true;
-        if (steal_any(w, out))
+        if (look_once(w, out))
             return true;
         if (round < SEARCH_ROUNDS / 2) {
             for (int i = 0; i < 32; i++)
@@ -618,7 +624,15 @@ static void *worker_main(void *arg)
             atomic_store_explicit(&w->holds, 1, memory_order_relaxed);
         }
         task t;
-        if (find_work(w, &t)) {
+        bool found = look_once(w, &t);
+        if (!found) {
+            if (!w->searching) {
+                w->searching = true;
+                atomic_fetch_add_explicit(&p->searching, 1, memory_order_seq_cst);
+            }
+            found = find_work(w, &t);
+        }
+        if (found) {
             if (w->searching) {
                 /* Found work while searching: let one more thread search,
                  * so threads ramp up while work keeps coming. */
