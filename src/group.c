@@ -24,6 +24,8 @@
  */
 #include <xsync/group.h>
 
+#include <sched.h>
+
 #include "internal.h"
 #include "park.h"
 #include "pool_internal.h"
@@ -33,7 +35,8 @@
 #define F_WAITS (UINT32_C(1) << 30)
 #define F_WAITZ (UINT32_C(1) << 31)
 #define CHUNK 64
-#define SPINS 200 /* polls of the word before parking */
+#define SPINS 200 /* polls of the word before parking ... */
+#define YIELDS 16 /* ... and polls between sched_yield calls */
 
 typedef struct rec {
     void *arg;
@@ -158,15 +161,21 @@ static rec *rec_get(xs_group *g)
     return &g->chunks->recs[g->carve++];
 }
 
-/* Parks (or helps) until the count may be below lim. */
+/*
+ * Waits until the count may be below lim: polls briefly, then parks (a
+ * library wait, so a pool thread lends its slot).  It never helps: a task
+ * run here could wait for what our caller does once go returns, where in Go
+ * another task finishing would have freed the slot.
+ */
 static void wait_for_slot(xs_group *g, int lim)
 {
-    if (xs__pool_help(g->pool, runner(g), g))
-        return;
-    for (int i = 0; i < SPINS; i++) {
+    for (int i = 0; i < SPINS + YIELDS; i++) {
         if ((atomic_load_explicit(&g->st, memory_order_relaxed) & COUNT_MASK) < (uint32_t)lim)
             return;
-        cpu_relax();
+        if (i < SPINS)
+            cpu_relax();
+        else
+            sched_yield();
     }
     uint32_t s = atomic_load_explicit(&g->st, memory_order_relaxed);
     if ((s & COUNT_MASK) < (uint32_t)lim)

@@ -781,7 +781,14 @@ static int pool_create(const xs_pool_opts *o, bool is_default, xs_pool **out)
     p->period = o->watchdog ? o->watchdog : XS_POOL_DEFAULT_WATCHDOG;
     p->is_default = is_default;
     atomic_init(&p->tokens, workers);
-    pthread_mutex_init(&p->mu, NULL);
+    pthread_mutexattr_t ma;
+    pthread_mutexattr_init(&ma);
+#ifdef PTHREAD_ADAPTIVE_MUTEX_INITIALIZER_NP
+    /* Held for a few instructions: spin a little before sleeping. */
+    pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
+#endif
+    pthread_mutex_init(&p->mu, &ma);
+    pthread_mutexattr_destroy(&ma);
     pthread_cond_init(&p->quiet, NULL);
     p->gq_cap = GQ_INITIAL;
     p->gq = xs__alloc(a, p->gq_cap * sizeof(task));

@@ -530,3 +530,68 @@ TEST(group_stress_cancel_races_completion)
     }
     EXPECT_EQ(xs_pool_free(p), 0);
 }
+
+/*
+ * go on a full group must not run another of the group's tasks in the
+ * caller: that task may wait for what the caller does after go returns,
+ * while in Go another task finishing would free the slot.  Here X frees the
+ * slot once the busy worker gets to it; A waits for the caller's gate.
+ */
+typedef struct nohelp {
+    th_event busy_started;
+    xs_ctx *gate;
+    _Atomic int a_timed_out;
+} nohelp;
+
+static nohelp nh;
+
+static void busy_100ms(void *arg)
+{
+    (void)arg;
+    th_event_signal(&nh.busy_started);
+    int64_t end = th_now_ns() + 100 * 1000000LL;
+    while (th_now_ns() < end)
+        sched_yield();
+}
+
+static int task_x(xs_ctx *ctx, void *arg)
+{
+    (void)ctx;
+    (void)arg;
+    return 0;
+}
+
+static int task_a(xs_ctx *ctx, void *arg)
+{
+    (void)ctx;
+    (void)arg;
+    if (xs_ctx_wait(nh.gate, 3 * XS_SEC) == 0)
+        atomic_store(&nh.a_timed_out, 1);
+    return 0;
+}
+
+TEST(group_go_on_full_limit_never_runs_a_task_in_the_caller)
+{
+    th_event_init(&nh.busy_started);
+    nh.gate = new_gate();
+    xs_pool_opts po = {.workers = 1, .watchdog = -1};
+    xs_pool *p;
+    ASSERT_EQ(xs_pool_new(&po, &p), 0);
+    ASSERT_EQ(xs_pool_submit(p, busy_100ms, NULL), 0);
+    ASSERT(th_event_wait(&nh.busy_started, 1, 10000));
+    xs_group *g;
+    xs_group_opts o = {.pool = p, .limit = 2};
+    ASSERT_EQ(xs_group_new(NULL, &o, &g, NULL), 0);
+    ASSERT_EQ(xs_group_go(g, task_x, NULL), 0);
+    ASSERT_EQ(xs_group_go(g, task_a, NULL), 0);
+    int64_t t0 = th_now_ns();
+    EXPECT_EQ(xs_group_go(g, task_x, NULL), 0); /* waits for X, not for A */
+    EXPECT_LT(th_now_ns() - t0, 2 * XS_SEC);
+    open_gate(nh.gate);
+    EXPECT_EQ(xs_group_wait(g), 0);
+    EXPECT_EQ(atomic_load(&nh.a_timed_out), 0);
+    EXPECT_EQ(xs_group_free(g), 0);
+    EXPECT_EQ(xs_pool_free(p), 0);
+    xs_ctx_release(nh.gate);
+    th_event_destroy(&nh.busy_started);
+}

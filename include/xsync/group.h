@@ -80,10 +80,10 @@ XS_API xs_ctx *xs_group_ctx(const xs_group *g);
 
 /*
  * Starts fn(ctx, arg) on the pool.  Blocks while the limit is full — a
- * library wait that helps run the group's own queued tasks and otherwise
- * lends the caller's pool slot to another thread, so calling it from a task
- * of the same group does not starve the pool (with limit 1 that task waits
- * for itself forever, as in Go).  Returns 0; XS_EINVAL (g or fn NULL);
+ * library wait that lends the caller's pool slot to another thread, so
+ * calling it from a task of the same group does not starve the pool (with
+ * limit 1 that task waits for itself forever, as in Go).  It never runs a
+ * task in the caller (that task might wait for what the caller does next).  Returns 0; XS_EINVAL (g or fn NULL);
  * XS_ELIMIT at once when the limit is 0 (Go blocks forever); XS_ECANCELED
  * with XS_GROUP_STOP_ON_FAILURE once a task failed; XS_ENOMEM; XS_EOVERFLOW
  * (too many active tasks); XS_ECLOSED (the pool is being freed).  On error
