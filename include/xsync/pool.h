@@ -30,8 +30,9 @@
  *
  * Order: tasks submitted from outside the pool go to a shared FIFO queue;
  * tasks submitted by a task of the pool go to its worker's own queue, run
- * newest first by that worker and oldest first by thieves.  No other order
- * is promised.
+ * newest first by that worker and oldest first by thieves.  A thread
+ * waiting for a group (xs_group_wait) may run that group's queued tasks
+ * itself, newest first.  No other order is promised.
  *
  * Memory ordering: everything a thread did before xs_pool_submit
  * happens-before the task runs.  Idle threads sleep without spinning (a few
