@@ -6,12 +6,9 @@
  * ancestor ("canceler"), so done checks are two loads wherever they start.
  *
  * Locking: each cancellable node has a lock guarding its children list, its
- * after-functions, its waiters and its fd.  Node locks never nest:
- * cancellation ends a node under its lock, moves its children to a work list
- * (each pinned by a memory reference, and marked unlinked so that its owner
- * no longer needs the parent's lock to free it), drops the lock and goes on
- * with the work list — a loop, not recursion, so any depth is fine.  The
- * clock's lock is a leaf taken under a node lock.
+ * after-functions, its waiters and its fd.  Locks nest only parent before
+ * child, along one path, during cancellation (see cancel_node); everything
+ * else takes one node lock at a time.  The clock's lock is a leaf.
  *
  * Lifetimes: `refs` counts user references; when it reaches zero a
  * cancellable node is cancelled and detached, even if it has children (they
@@ -57,7 +54,7 @@ struct xs_ctx {
     uint32_t waiters;            /* threads in xs_ctx_wait; under lock */
     int64_t deadline;            /* effective deadline (own or inherited) */
     xs_clock *dl_clock;          /* the clock `deadline` is on */
-    int dl_cause;
+    int dl_cause;                /* the cause `deadline` ends us with */
     xs_ctx *link_parent;         /* canceler we are registered with */
     /* In link_parent->kids.  Set true at creation; set false under
      * link_parent's lock, with release, once the parent will not touch this
@@ -112,24 +109,39 @@ static void *after_thread(void *arg)
     return NULL;
 }
 
-static void fire(xs_ctx_after *h)
+static bool spawn_detached(void *(*fn)(void *), void *arg)
 {
     pthread_t th;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&th, &attr, after_thread, h) != 0)
-        after_thread(h); /* documented fallback: run in the cancelling thread */
+    bool ok = pthread_create(&th, &attr, fn, arg) == 0;
     pthread_attr_destroy(&attr);
+    return ok;
 }
 
+static void fire(xs_ctx_after *h)
+{
+    if (!spawn_detached(after_thread, h))
+        after_thread(h); /* documented fallback: run in the calling thread */
+}
+
+static void *fire_each(void *list)
+{
+    for (xs__dnode *n = list, *next; n; n = next) {
+        next = n->next;
+        fire(XS_CONTAINER_OF(n, xs_ctx_after, link));
+    }
+    return NULL;
+}
+
+/* Starts a thread per after-function.  Several are started from a thread of
+ * their own, so a cancelling thread (or the timer thread, which every
+ * deadline waits on) pays for one thread creation, not one per function. */
 static void fire_all(xs__dnode *list)
 {
-    while (list) {
-        xs__dnode *next = list->next;
-        fire(XS_CONTAINER_OF(list, xs_ctx_after, link));
-        list = next;
-    }
+    if (list && (!list->next || !spawn_detached(fire_each, list)))
+        fire_each(list);
 }
 
 /* ---- cancellation ---- */
@@ -146,15 +158,11 @@ static void signal_fd(xs_ctx *c)
     (void)r; /* the fd only needs to be readable; a full counter/pipe already is */
 }
 
-static void put_mem(xs_ctx *c);
-
 /*
- * Ends c: c->lock is held and c is live.  After-functions go to *fire_list,
- * to run once no lock is held; children go to *work, each pinned by a memory
- * reference, to be ended by the caller in turn.
+ * Ends c: c->lock is held and c is live.  Its after-functions go to
+ * *fire_list, to run once no lock is held; its children are the caller's.
  */
-static void end_locked(xs_ctx *c, uint32_t st, int cause, xs__dnode **fire_list,
-                       xs__dnode **work)
+static void end_locked(xs_ctx *c, uint32_t st, int cause, xs__dnode **fire_list)
 {
     c->cause = cause;
     atomic_store_explicit(&c->state, st, memory_order_release);
@@ -178,18 +186,6 @@ static void end_locked(xs_ctx *c, uint32_t st, int cause, xs__dnode **fire_list,
     c->watches = NULL;
     if (c->timer_armed)
         xs__timer_del(c->clock, &c->timer, false);
-    for (xs__dnode *n = c->kids, *next; n; n = next) {
-        next = n->next;
-        xs_ctx *kid = XS_CONTAINER_OF(n, xs_ctx, sib);
-        /* kid is alive: while linked, its owner needs our lock to free it. */
-        atomic_fetch_add_explicit(&kid->mrefs, 1, memory_order_relaxed);
-        /* Release: an owner that sees "unlinked" also sees the pin above, so
-         * it cannot free kid before we are done with it. */
-        atomic_store_explicit(&kid->linked, false, memory_order_release);
-        n->next = *work; /* unlinked: its sibling link is ours to reuse */
-        *work = n;
-    }
-    c->kids = NULL;
 }
 
 static void unlink_from_parent(xs_ctx *c)
@@ -205,26 +201,50 @@ static void unlink_from_parent(xs_ctx *c)
     xs__lock_release(&p->lock);
 }
 
-/* Ends c (if live), then every descendant, and detaches c from its parent. */
+static inline bool live(const xs_ctx *c)
+{
+    return atomic_load_explicit(&c->state, memory_order_relaxed) == 0;
+}
+
+/*
+ * Ends c (if live) and every descendant, then detaches c from its parent.
+ * The walk is depth-first with lock coupling and no recursion: a node stays
+ * locked until its whole subtree has ended, so whoever takes a node's lock
+ * and finds it done also finds its subtree done (a second cancel returns
+ * only once the first has finished), and a linked child cannot be freed
+ * under us (its owner needs our lock to unlink it).
+ */
 static void cancel_node(xs_ctx *c, uint32_t st, int cause)
 {
-    xs__dnode *fire_list = NULL, *work = NULL;
+    xs__dnode *fire_list = NULL;
+    xs_ctx *n = c;
     xs__lock_acquire(&c->lock);
-    if (atomic_load_explicit(&c->state, memory_order_relaxed) == 0)
-        end_locked(c, st, cause, &fire_list, &work);
-    xs__lock_release(&c->lock);
-    while (work) {
-        xs_ctx *k = XS_CONTAINER_OF(work, xs_ctx, sib);
-        work = work->next;
-        xs__lock_acquire(&k->lock);
-        /* Ended meanwhile by its own cancel or release: that came first. */
-        if (atomic_load_explicit(&k->state, memory_order_relaxed) == 0)
-            end_locked(k, st, cause, &fire_list, &work);
-        xs__lock_release(&k->lock);
-        put_mem(k); /* the pin; may free k */
+    if (live(c))
+        end_locked(c, st, cause, &fire_list);
+    for (;;) {
+        if (n->kids) { /* descend into the first child, keeping n locked */
+            xs_ctx *kid = XS_CONTAINER_OF(n->kids, xs_ctx, sib);
+            xs__lock_acquire(&kid->lock);
+            xs__dremove(&n->kids, &kid->sib);
+            /* A child already done was ended by its own cancel or release,
+             * which came first; its subtree is done too. */
+            if (live(kid))
+                end_locked(kid, st, cause, &fire_list);
+            n = kid;
+            continue;
+        }
+        if (n == c)
+            break;
+        xs_ctx *p = n->link_parent;
+        xs__lock_release(&n->lock);
+        /* The last touch of n: its owner may free it once it sees this (we
+         * still hold p, which its unlink would take). */
+        atomic_store_explicit(&n->linked, false, memory_order_release);
+        n = p;
     }
-    fire_all(fire_list);
+    xs__lock_release(&c->lock);
     unlink_from_parent(c);
+    fire_all(fire_list); /* last: an after-function may free c */
 }
 
 static void on_deadline(xs__timer *t)
@@ -315,7 +335,9 @@ static int new_cancel(xs_ctx *parent, int64_t deadline, int dl_cause, xs_ctx **o
     xs_ctx *p = parent->canceler;
     c->deadline = p ? p->deadline : XS_FOREVER;
     c->dl_clock = p ? p->dl_clock : NULL;
-    bool own = deadline != XS_FOREVER && !(c->dl_clock == c->clock && c->deadline <= deadline);
+    c->dl_cause = p ? p->dl_cause : XS_EDEADLINE;
+    /* Go's rule: only a parent deadline strictly earlier makes ours moot. */
+    bool own = deadline != XS_FOREVER && !(c->dl_clock == c->clock && c->deadline < deadline);
     if (own) {
         c->deadline = deadline;
         c->dl_clock = c->clock;
@@ -323,8 +345,10 @@ static int new_cancel(xs_ctx *parent, int64_t deadline, int dl_cause, xs_ctx **o
     }
 
     /* Decided before c becomes visible to the parent's cancellation, which
-     * reads timer_armed. */
-    bool expired = own && deadline <= xs_clock_now(c->clock);
+     * reads timer_armed.  An inherited deadline that has passed (its timer
+     * not yet run) also makes c born done: "a past deadline is born done". */
+    bool expired = c->deadline != XS_FOREVER && c->dl_clock == c->clock &&
+                   c->deadline <= xs_clock_now(c->clock);
     c->timer_armed = own && !expired;
     if (c->timer_armed) {
         c->timer.when = deadline;
@@ -356,7 +380,7 @@ static int new_cancel(xs_ctx *parent, int64_t deadline, int dl_cause, xs_ctx **o
         int r = xs__timer_add(c->clock, &c->timer);
         if (r) {
             unlink_from_parent(c); /* after this the parent never touches c */
-            put_mem(destroy(c));
+            put_mem(c);
             return r;
         }
     }
@@ -442,11 +466,10 @@ void xs_ctx_release(xs_ctx *c)
         atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
         return;
     if (c->kind == K_CANCEL) {
-        if (atomic_load_explicit(&c->state, memory_order_acquire) == 0)
-            cancel_node(c, (uint32_t)-XS_ECANCELED, XS_ECANCELED);
-        else
-            unlink_from_parent(c);
-        if (c->timer_armed) /* wait out a deadline callback still running */
+        /* Ends it if live; if not, waits out a cancellation still walking
+         * its subtree; either way detaches it. */
+        cancel_node(c, (uint32_t)-XS_ECANCELED, XS_ECANCELED);
+        if (c->timer_armed) /* and a deadline callback still running */
             xs__timer_del(c->clock, &c->timer, true);
     }
     put_mem(c);
