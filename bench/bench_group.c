@@ -17,15 +17,16 @@ static int trivial(xs_ctx *ctx, void *arg)
     return 0;
 }
 
-static void errgroup_1000(xs_bench *b, int limit)
+static void errgroup_1000(xs_bench *b, int limit, unsigned flags)
 {
+    xs_group_opts o = {.flags = flags};
     if (!xs_pool_default()) {
         xs_bench_fail(b, "no default pool");
         return;
     }
     for (int64_t i = 0, n = xs_bench_n(b); i < n; i++) {
         xs_group *g;
-        if (xs_group_new(NULL, NULL, &g, NULL) != 0) {
+        if (xs_group_new(NULL, &o, &g, NULL) != 0) {
             xs_bench_fail(b, "group_new failed");
             return;
         }
@@ -43,13 +44,20 @@ static void errgroup_1000(xs_bench *b, int limit)
 /* One op: a group, 1000 trivial tasks, wait. */
 XS_BENCHMARK(BenchmarkErrgroup1000)
 {
-    errgroup_1000(b, 0);
+    errgroup_1000(b, 0, 0);
 }
 
-/* The same with set_limit(2). */
+/* The same with set_limit(2): every go past the second waits for a task to
+ * finish on another thread (Go's semantics exactly). */
 XS_BENCHMARK(BenchmarkErrgroupLimit1000)
 {
-    errgroup_1000(b, 2);
+    errgroup_1000(b, 2, 0);
+}
+
+/* The same with XS_GROUP_GO_HELPS: go runs queued tasks itself. */
+XS_BENCHMARK(BenchmarkErrgroupLimit1000GoHelps)
+{
+    errgroup_1000(b, 2, XS_GROUP_GO_HELPS);
 }
 
 static int block_on_ctx(xs_ctx *ctx, void *arg)

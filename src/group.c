@@ -163,12 +163,14 @@ static rec *rec_get(xs_group *g)
 
 /*
  * Waits until the count may be below lim: polls briefly, then parks (a
- * library wait, so a pool thread lends its slot).  It never helps: a task
- * run here could wait for what our caller does once go returns, where in Go
- * another task finishing would have freed the slot.
+ * library wait, so a pool thread lends its slot).  It helps only when the
+ * group opted in: a task run here could wait for what our caller does once
+ * go returns, where in Go another task finishing would have freed the slot.
  */
 static void wait_for_slot(xs_group *g, int lim)
 {
+    if ((g->flags & XS_GROUP_GO_HELPS) && xs__pool_help(g->pool, runner(g), g))
+        return;
     for (int i = 0; i < SPINS + YIELDS; i++) {
         if ((atomic_load_explicit(&g->st, memory_order_relaxed) & COUNT_MASK) < (uint32_t)lim)
             return;
@@ -358,7 +360,7 @@ int xs_group_new(xs_ctx *parent, const xs_group_opts *opts, xs_group **out, xs_c
     if (!opts)
         opts = &d;
     if (!out || opts->limit < 0 || opts->limit > XS_GROUP_MAX_LIMIT ||
-        (opts->flags & ~(unsigned)(XS_GROUP_COLLECT | XS_GROUP_STOP_ON_FAILURE)))
+        (opts->flags & ~(unsigned)(XS_GROUP_COLLECT | XS_GROUP_STOP_ON_FAILURE | XS_GROUP_GO_HELPS)))
         return XS_EINVAL;
     xs_pool *pool = opts->pool ? opts->pool : xs_pool_default();
     if (!pool)

@@ -626,11 +626,16 @@ static void *worker_main(void *arg)
         task t;
         bool found = look_once(w, &t);
         if (!found) {
-            if (!w->searching) {
+            /* Poll for a while only as the one searcher (a woken thread
+             * already is one): more pollers would only take CPU from the
+             * threads making work. */
+            int none = 0;
+            if (w->searching || atomic_compare_exchange_strong_explicit(
+                                    &p->searching, &none, 1, memory_order_seq_cst,
+                                    memory_order_relaxed)) {
                 w->searching = true;
-                atomic_fetch_add_explicit(&p->searching, 1, memory_order_seq_cst);
+                found = find_work(w, &t);
             }
-            found = find_work(w, &t);
         }
         if (found) {
             if (w->searching) {

@@ -158,6 +158,17 @@ TEST(group_limit_10_never_more_than_10_active)
     EXPECT_GE(atomic_load(&h.high), 1);
     EXPECT_EQ(xs_group_free(g), 0);
 
+    /* With go helping: the limit holds just the same. */
+    xs_group_opts oh = {.limit = 10, .flags = XS_GROUP_GO_HELPS};
+    ASSERT_EQ(xs_group_new(NULL, &oh, &g, NULL), 0);
+    hw hh = {0};
+    for (int i = 0; i < 1025; i++)
+        ASSERT_EQ(xs_group_go(g, limited, &hh), 0);
+    EXPECT_EQ(xs_group_wait(g), 0);
+    EXPECT_EQ(atomic_load(&hh.ran), 1025);
+    EXPECT_LE(atomic_load(&hh.high), 10);
+    EXPECT_EQ(xs_group_free(g), 0);
+
     /* The same through the options. */
     xs_group_opts o = {.limit = 3};
     ASSERT_EQ(xs_group_new(NULL, &o, &g, NULL), 0);
