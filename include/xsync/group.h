@@ -40,7 +40,8 @@ typedef int (*xs_group_fn)(xs_ctx *ctx, void *arg);
 enum {
     /* Every task runs to the end; errors do not cancel the derived context;
      * xs_group_wait_errs reports each task's result by submission index,
-     * and wait returns the lowest-index error. */
+     * and wait returns the lowest-index error.  The group keeps a small
+     * record (about 32 bytes) per task until the next wait. */
     XS_GROUP_COLLECT = 1u << 0,
     /* Once a task has failed, go and try_go return XS_ECANCELED without
      * running anything. */
