@@ -830,6 +830,30 @@ int xs_pool_new(const xs_pool_opts *opts, xs_pool **out)
 
 static _Atomic(xs_pool *) default_pool;
 static pthread_mutex_t default_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_once_t default_once = PTHREAD_ONCE_INIT;
+
+/* A forked child has none of the parent's threads: it gets a new default
+ * pool on first use (the parent's is left as it was, unreachable). */
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&default_mu);
+}
+
+static void fork_parent(void)
+{
+    pthread_mutex_unlock(&default_mu);
+}
+
+static void fork_child(void)
+{
+    pthread_mutex_init(&default_mu, NULL);
+    atomic_store_explicit(&default_pool, NULL, memory_order_relaxed);
+}
+
+static void default_init(void)
+{
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
 
 xs_pool *xs_pool_default(void)
 {
@@ -837,6 +861,7 @@ xs_pool *xs_pool_default(void)
     xs_pool *p = atomic_load_explicit(&default_pool, memory_order_acquire);
     if (XS_LIKELY(p != NULL))
         return p;
+    pthread_once(&default_once, default_init);
     pthread_mutex_lock(&default_mu);
     p = atomic_load_explicit(&default_pool, memory_order_relaxed);
     if (!p && pool_create(NULL, true, &p) == 0)
@@ -999,6 +1024,11 @@ void xs_pool_block_end(void)
 int xs_pool_threads(const xs_pool *p)
 {
     return p ? atomic_load_explicit(&((xs_pool *)p)->nthreads, memory_order_relaxed) : 0;
+}
+
+int xs__pool_idle_threads(const xs_pool *p)
+{
+    return atomic_load_explicit(&((xs_pool *)p)->nidle, memory_order_relaxed);
 }
 
 int xs_pool_workers(const xs_pool *p)

@@ -30,4 +30,7 @@ int xs__pool_submit_task(xs_pool *pool, xs__task_run run, xs__fn f, void *a, voi
  */
 bool xs__pool_help(xs_pool *pool, xs__task_run run, const void *b);
 
+/* For tests: threads asleep as idle right now (a snapshot). */
+int xs__pool_idle_threads(const xs_pool *pool);
+
 #endif

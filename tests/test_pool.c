@@ -1,5 +1,6 @@
 /* Tests for the task runtime: issue 4's pool scenarios, plus bad input. */
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
 
 #include <xsync/context.h>
@@ -8,6 +9,7 @@
 
 #include "harness.h"
 #include "park.h"
+#include "pool_internal.h"
 
 static xs_pool *new_pool(int workers)
 {
@@ -572,4 +574,52 @@ TEST(pool_stress_mixed_tasks_each_run_once)
     xs_ctx_release(m->never);
     th_event_destroy(&m->finished);
     free(m);
+}
+
+#if defined(__SANITIZE_THREAD__)
+#define TH_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TH_TSAN 1
+#endif
+#endif
+
+static void set_flag(void *arg)
+{
+    atomic_store((_Atomic int *)arg, 1);
+}
+
+TEST(pool_default_works_in_a_forked_child)
+{
+#ifdef TH_TSAN
+    printf("    skipped under TSan: no threads after a multi-threaded fork\n");
+    return;
+#else
+    th_event ev;
+    th_event_init(&ev);
+    ASSERT_EQ(xs_pool_submit(xs_pool_default(), count_task, &ev), 0); /* threads running */
+    ASSERT(th_event_wait(&ev, 1, 10000));
+    /* Fork with every thread asleep as idle: the parent's idle list then
+     * names threads the child does not have. */
+    xs_pool *dp = xs_pool_default();
+    int64_t end0 = th_now_ns() + 10 * 1000000000LL;
+    while (xs__pool_idle_threads(dp) != xs_pool_threads(dp) && th_now_ns() < end0)
+        sched_yield();
+    ASSERT_EQ(xs__pool_idle_threads(dp), xs_pool_threads(dp));
+    pid_t pid = fork();
+    ASSERT(pid >= 0);
+    if (pid == 0) {
+        static _Atomic int flag;
+        int ok = xs_pool_submit(xs_pool_default(), set_flag, (void *)&flag) == 0;
+        int64_t end = th_now_ns() + 10 * 1000000000LL;
+        while (ok && !atomic_load(&flag) && th_now_ns() < end)
+            sched_yield();
+        _exit(ok && atomic_load(&flag) ? 0 : 1);
+    }
+    int status = 0;
+    ASSERT_EQ(waitpid(pid, &status, 0), pid);
+    EXPECT(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 0);
+    th_event_destroy(&ev);
+#endif
 }

@@ -77,7 +77,9 @@ typedef struct xs_pool_opts {
  * The process-wide pool with the default options, created on first use and
  * never freed (its idle threads sleep).  Returns NULL only if it could not
  * be created (out of memory or threads); a later call tries again.
- * Thread-safe.
+ * Thread-safe.  After fork the child gets a new default pool on first use
+ * (tasks queued in the parent do not run in the child); private pools do
+ * not survive fork — free them only in the parent.
  */
 XS_API xs_pool *xs_pool_default(void);
 
