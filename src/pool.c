@@ -22,11 +22,16 @@
  * when a thread is already searching: a searcher that gives up decrements
  * `searching` before its final look at the queues.  An idle thread puts
  * itself on the idle list (under `mu`) before that final look, so a waker
- * that missed it in the list happened entirely before the look.
+ * that missed it in the list happened entirely before the look.  Code that
+ * takes tasks out of sight for a moment (a batch moved from the shared
+ * queue to a deque, a task popped and put back) calls wakeup() afterwards.
  *
  * Lifetimes: worker structs live until the pool is freed (thieves and the
  * watchdog read them without locks); threads exit only in xs_pool_free,
- * after the pool is quiescent: every thread idle and every queue empty.
+ * after the pool is quiescent: every thread idle, every queue empty, no
+ * thread start in flight and no task taken by an outside helper still
+ * running.  An outside submitter decides its wake-up under `mu`, with its
+ * push, and afterwards touches only futex addresses, so it may race free.
  */
 #include <xsync/pool.h>
 
