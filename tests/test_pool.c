@@ -576,6 +576,77 @@ TEST(pool_stress_mixed_tasks_each_run_once)
     free(m);
 }
 
+/* ---- stress: nested groups whose leaves block in different ways ---- */
+
+typedef struct nest {
+    xs_pool *pool;
+    tsem sem;
+    _Atomic int leaves;
+} nest;
+
+static nest *the_nest;
+
+static int nest_node(xs_ctx *ctx, void *arg)
+{
+    nest *n = the_nest;
+    int code = (int)(intptr_t)arg; /* depth * 16 + kind */
+    int depth = code >> 4, kind = code & 15;
+    if (depth == 0) {
+        switch (kind % 4) {
+        case 0: /* a library wait with a timeout */
+            xs_ctx_wait(ctx, 20 * 1000);
+            break;
+        case 1: /* a semaphore from library waits: take one, give it back */
+            tsem_acquire(&n->sem, 1);
+            tsem_release(&n->sem, 1);
+            break;
+        case 2: { /* announced blocking */
+            struct timespec ts = {0, 10 * 1000};
+            xs_pool_block_begin();
+            nanosleep(&ts, NULL);
+            xs_pool_block_end();
+            break;
+        }
+        default:
+            break;
+        }
+        atomic_fetch_add(&n->leaves, 1);
+        return 0;
+    }
+    xs_group *g;
+    xs_group_opts o = {.pool = n->pool, .limit = (kind & 1) ? 3 : 0};
+    if (xs_group_new(ctx, &o, &g, NULL) != 0)
+        return 1;
+    for (int i = 0; i < 4; i++)
+        if (xs_group_go(g, nest_node, (void *)(intptr_t)(((depth - 1) << 4) | ((kind + i) & 15))) != 0)
+            return 1;
+    int r = xs_group_wait(g);
+    xs_group_free(g);
+    return r;
+}
+
+TEST(pool_stress_nested_groups_with_blocking_leaves)
+{
+    the_nest = calloc(1, sizeof *the_nest);
+    ASSERT(the_nest);
+    nest *n = the_nest;
+    atomic_store(&n->sem.avail, 2); /* leaves queue for two units */
+    n->pool = new_pool(2);
+    ASSERT(n->pool);
+    for (int round = 0; round < 50; round++) {
+        atomic_store(&n->leaves, 0);
+        xs_group *g;
+        xs_group_opts o = {.pool = n->pool};
+        ASSERT_EQ(xs_group_new(NULL, &o, &g, NULL), 0);
+        ASSERT_EQ(xs_group_go(g, nest_node, (void *)(intptr_t)((3 << 4) | round)), 0);
+        EXPECT_EQ(xs_group_wait(g), 0);
+        EXPECT_EQ(xs_group_free(g), 0);
+        EXPECT_EQ(atomic_load(&n->leaves), 64);
+    }
+    EXPECT_EQ(xs_pool_free(n->pool), 0);
+    free(n);
+}
+
 #if defined(__SANITIZE_THREAD__)
 #define TH_TSAN 1
 #elif defined(__has_feature)
@@ -584,10 +655,12 @@ TEST(pool_stress_mixed_tasks_each_run_once)
 #endif
 #endif
 
+#ifndef TH_TSAN
 static void set_flag(void *arg)
 {
     atomic_store((_Atomic int *)arg, 1);
 }
+#endif
 
 TEST(pool_default_works_in_a_forked_child)
 {
