@@ -207,14 +207,15 @@ static inline bool live(const xs_ctx *c)
 }
 
 /*
- * Ends c (if live) and every descendant, then detaches c from its parent.
+ * Ends c (if live) and every descendant, then, if `detach`, removes c from
+ * its parent's list (otherwise the parent's walk or c's release will).
  * The walk is depth-first with lock coupling and no recursion: a node stays
  * locked until its whole subtree has ended, so whoever takes a node's lock
  * and finds it done also finds its subtree done (a second cancel returns
  * only once the first has finished), and a linked child cannot be freed
  * under us (its owner needs our lock to unlink it).
  */
-static void cancel_node(xs_ctx *c, uint32_t st, int cause)
+static void cancel_node(xs_ctx *c, uint32_t st, int cause, bool detach)
 {
     xs__dnode *fire_list = NULL;
     xs_ctx *n = c;
@@ -243,21 +244,25 @@ static void cancel_node(xs_ctx *c, uint32_t st, int cause)
         n = p;
     }
     xs__lock_release(&c->lock);
-    unlink_from_parent(c);
+    if (detach)
+        unlink_from_parent(c);
     fire_all(fire_list); /* last: an after-function may free c */
 }
 
 static void on_deadline(xs__timer *t)
 {
     xs_ctx *c = XS_CONTAINER_OF(t, xs_ctx, timer);
-    cancel_node(c, (uint32_t)-XS_EDEADLINE, c->dl_cause);
+    /* No detach: it would wait for the parent's lock, which a cancellation
+     * walking the parent's subtree holds, and every deadline waits on this
+     * thread. */
+    cancel_node(c, (uint32_t)-XS_EDEADLINE, c->dl_cause, false);
 }
 
 int xs_ctx_cancel(xs_ctx *ctx, int cause)
 {
     if (!ctx || ctx->kind != K_CANCEL)
         return XS_EINVAL;
-    cancel_node(ctx, (uint32_t)-XS_ECANCELED, cause ? cause : XS_ECANCELED);
+    cancel_node(ctx, (uint32_t)-XS_ECANCELED, cause ? cause : XS_ECANCELED, true);
     return 0;
 }
 
@@ -468,7 +473,7 @@ void xs_ctx_release(xs_ctx *c)
     if (c->kind == K_CANCEL) {
         /* Ends it if live; if not, waits out a cancellation still walking
          * its subtree; either way detaches it. */
-        cancel_node(c, (uint32_t)-XS_ECANCELED, XS_ECANCELED);
+        cancel_node(c, (uint32_t)-XS_ECANCELED, XS_ECANCELED, true);
         if (c->timer_armed) /* and a deadline callback still running */
             xs__timer_del(c->clock, &c->timer, true);
     }

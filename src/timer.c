@@ -69,7 +69,13 @@ static int start_thread(xs_clock *c)
  * fresh lock and thread. */
 static void fork_prepare(void)
 {
-    pthread_mutex_lock(&system_clock.mu);
+    xs_clock *c = &system_clock;
+    pthread_mutex_lock(&c->mu);
+    /* A callback runs without the clock's lock but holds context locks the
+     * child could never get back: fork between callbacks only.  (The wait
+     * drops the lock, so a callback deleting timers can finish.) */
+    while (c->running && firing_clock != c)
+        pthread_cond_wait(&c->idle, &c->mu);
 }
 
 static void fork_parent(void)

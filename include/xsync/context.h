@@ -21,7 +21,9 @@
  * Thread-safety: every function may be called from any thread on any
  * context the caller holds a reference to.  After fork(), the child process
  * keeps working (deadlines keep firing) as long as no other thread of the
- * parent was inside a context call at the moment of the fork.  Memory ordering: a thread that
+ * parent was inside a context call at the moment of the fork (the library's
+ * own deadline thread is held off while fork runs); manual clocks have no
+ * such protection.  Memory ordering: a thread that
  * observes a context done (through xs_ctx_done, xs_ctx_err, xs_ctx_wait, its
  * fd, or an after-function running) also observes everything the cancelling
  * thread did before it called xs_ctx_cancel.
@@ -154,7 +156,10 @@ XS_API bool xs_ctx_after_stop(xs_ctx_after *h);
 
 /*
  * A file descriptor that becomes readable (POLLIN) when ctx is done and stays
- * readable; it never becomes readable for a context that cannot be done.  It
+ * readable; it never becomes readable for a context that cannot be done.
+ * The cancelling thread makes it readable right after marking ctx done: a
+ * thread woken by the fd always finds ctx done, while one that saw it done
+ * through xs_ctx_done may find the fd readable a moment later.  It
  * belongs to the context: do not read, write or close it; it is valid while
  * you hold your reference.  Created on first use.  Returns the fd, or
  * XS_EINVAL, XS_EMFILE, XS_ENOMEM.
