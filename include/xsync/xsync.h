@@ -5,6 +5,7 @@
 #include <xsync/alloc.h>
 #include <xsync/context.h>
 #include <xsync/error.h>
+#include <xsync/rate.h>
 #include <xsync/time.h>
 
 #endif
