@@ -6,14 +6,25 @@
 #include <xsync/context.h>
 #include <xsync/group.h>
 #include <xsync/pool.h>
+#include <xsync/semaphore.h>
 
 #include "harness.h"
-#include "park.h"
 #include "pool_internal.h"
 
 static xs_pool *new_pool(int workers)
 {
     xs_pool_opts o = {.workers = workers};
+    xs_pool *p = NULL;
+    if (xs_pool_new(&o, &p) != 0)
+        return NULL;
+    return p;
+}
+
+/* Without the watchdog: only library waits and announcements lend slots,
+ * so a test that passes on such a pool pins down that mechanism. */
+static xs_pool *new_pool_no_watchdog(int workers)
+{
+    xs_pool_opts o = {.workers = workers, .watchdog = -1};
     xs_pool *p = NULL;
     if (xs_pool_new(&o, &p) != 0)
         return NULL;
@@ -116,7 +127,7 @@ static int64_t run_barrier(int mode, int64_t bound_ms)
     th_event_init(&r.done);
     xs_ctx_with_cancel(xs_ctx_background(), &r.cb.ctx);
     pthread_barrier_init(&r.pb, NULL, PARTIES);
-    xs_pool *p = new_pool(2);
+    xs_pool *p = mode == 2 ? new_pool(2) : new_pool_no_watchdog(2);
     if (!p)
         return -1;
     int64_t start = th_now_ns();
@@ -162,50 +173,23 @@ TEST(pool_barrier_of_100_unannounced_pthread_completes_by_watchdog_bound)
 
 /* ---- groups of groups of leaves blocking on a semaphore ---- */
 
-/*
- * A counting semaphore from the library's own wait (xs__park_wait), standing
- * in for xs_sem until the semaphore module lands: acquire blocks in a
- * library wait, which is what the scenario exercises.
- */
-typedef struct tsem {
-    _Atomic uint32_t avail;
-} tsem;
-
-static void tsem_acquire(tsem *s, uint32_t n)
-{
-    for (;;) {
-        uint32_t a = atomic_load(&s->avail);
-        if (a >= n) {
-            if (atomic_compare_exchange_weak(&s->avail, &a, a - n))
-                return;
-            continue;
-        }
-        xs__park_wait(&s->avail, a, XS_FOREVER);
-    }
-}
-
-static void tsem_release(tsem *s, uint32_t n)
-{
-    atomic_fetch_add(&s->avail, n);
-    xs__park_wake(&s->avail, INT32_MAX);
-}
-
 typedef struct gog {
     xs_pool *pool;
-    tsem sem;
+    xs_sem *sem;
     _Atomic int started, finished;
     th_event done;
 } gog;
 
 static int leaf(xs_ctx *ctx, void *arg)
 {
-    (void)ctx;
     gog *t = arg;
     if (atomic_fetch_add(&t->started, 1) + 1 == 64)
-        tsem_release(&t->sem, 64); /* the last to start frees weight for all */
-    tsem_acquire(&t->sem, 1);
+        xs_sem_release(t->sem, 64); /* the last to start frees weight for all */
+    int r = xs_sem_acquire(t->sem, ctx, 1);
+    if (r)
+        return r;
     atomic_fetch_add(&t->finished, 1);
-    return 0;
+    return xs_sem_release(t->sem, 1);
 }
 
 static int mid(xs_ctx *ctx, void *arg)
@@ -240,13 +224,17 @@ TEST(pool_groups_of_groups_of_blocking_leaves_complete_on_2_workers)
 {
     gog t = {0};
     th_event_init(&t.done);
-    t.pool = new_pool(2);
+    ASSERT_EQ(xs_sem_new(64, NULL, &t.sem), 0);
+    ASSERT_EQ(xs_sem_try_acquire(t.sem, 64), 0); /* every leaf must block at first */
+    t.pool = new_pool_no_watchdog(2);
     ASSERT(t.pool);
     ASSERT_EQ(xs_pool_submit(t.pool, root, &t), 0);
     EXPECT(th_event_wait(&t.done, 1, 20000));
     EXPECT_EQ(atomic_load(&t.started), 64);
     EXPECT_EQ(atomic_load(&t.finished), 64);
     EXPECT_EQ(xs_pool_free(t.pool), 0);
+    EXPECT_EQ(xs_sem_held(t.sem), 0);
+    EXPECT_EQ(xs_sem_free(t.sem), 0);
     th_event_destroy(&t.done);
 }
 
@@ -580,7 +568,7 @@ TEST(pool_stress_mixed_tasks_each_run_once)
 
 typedef struct nest {
     xs_pool *pool;
-    tsem sem;
+    xs_sem *sem;
     _Atomic int leaves;
 } nest;
 
@@ -596,9 +584,9 @@ static int nest_node(xs_ctx *ctx, void *arg)
         case 0: /* a library wait with a timeout */
             xs_ctx_wait(ctx, 20 * 1000);
             break;
-        case 1: /* a semaphore from library waits: take one, give it back */
-            tsem_acquire(&n->sem, 1);
-            tsem_release(&n->sem, 1);
+        case 1: /* the semaphore: take one, give it back */
+            if (xs_sem_acquire(n->sem, ctx, 1) == 0)
+                xs_sem_release(n->sem, 1);
             break;
         case 2: { /* announced blocking */
             struct timespec ts = {0, 10 * 1000};
@@ -630,8 +618,8 @@ TEST(pool_stress_nested_groups_with_blocking_leaves)
     the_nest = calloc(1, sizeof *the_nest);
     ASSERT(the_nest);
     nest *n = the_nest;
-    atomic_store(&n->sem.avail, 2); /* leaves queue for two units */
-    n->pool = new_pool(2);
+    ASSERT_EQ(xs_sem_new(2, NULL, &n->sem), 0); /* leaves queue for two units */
+    n->pool = new_pool_no_watchdog(2);
     ASSERT(n->pool);
     for (int round = 0; round < 50; round++) {
         atomic_store(&n->leaves, 0);
@@ -644,6 +632,7 @@ TEST(pool_stress_nested_groups_with_blocking_leaves)
         EXPECT_EQ(atomic_load(&n->leaves), 64);
     }
     EXPECT_EQ(xs_pool_free(n->pool), 0);
+    EXPECT_EQ(xs_sem_free(n->sem), 0);
     free(n);
 }
 
