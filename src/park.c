@@ -12,7 +12,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-int xs__park_wait(_Atomic uint32_t *addr, uint32_t expected, int64_t deadline)
+int xs__park_sleep(_Atomic uint32_t *addr, uint32_t expected, int64_t deadline)
 {
     struct timespec ts, *tsp = NULL;
     if (deadline != XS_FOREVER) {
@@ -67,7 +67,7 @@ static struct bucket *bucket_of(const void *addr)
     return &buckets[(h >> 32) % NBUCKETS];
 }
 
-int xs__park_wait(_Atomic uint32_t *addr, uint32_t expected, int64_t deadline)
+int xs__park_sleep(_Atomic uint32_t *addr, uint32_t expected, int64_t deadline)
 {
     struct bucket *b = bucket_of(addr);
     int r = 0;
@@ -99,6 +99,33 @@ void xs__park_wake(_Atomic uint32_t *addr, int n)
     pthread_mutex_unlock(&b->mu);
 }
 #endif
+
+/* ---- the hook ---- */
+
+static _Thread_local xs__park_hook *park_hook;
+
+xs__park_hook *xs__park_swap_hook(xs__park_hook *h)
+{
+    xs__park_hook *old = park_hook;
+    park_hook = h;
+    return old;
+}
+
+int xs__park_wait(_Atomic uint32_t *addr, uint32_t expected, int64_t deadline)
+{
+    xs__park_hook *h = park_hook;
+    if (__builtin_expect(h == NULL, 1))
+        return xs__park_sleep(addr, expected, deadline);
+    /* A word that already changed needs no sleep and no hand-over. */
+    if (atomic_load_explicit(addr, memory_order_relaxed) != expected)
+        return 0;
+    park_hook = NULL;
+    h->block(h);
+    int r = xs__park_sleep(addr, expected, deadline);
+    h->unblock(h);
+    park_hook = h;
+    return r;
+}
 
 void xs__lock_slow(xs__lock *l)
 {
