@@ -5,6 +5,8 @@
 #include <xsync/alloc.h>
 #include <xsync/context.h>
 #include <xsync/error.h>
+#include <xsync/group.h>
+#include <xsync/pool.h>
 #include <xsync/rate.h>
 #include <xsync/semaphore.h>
 #include <xsync/time.h>
