@@ -406,6 +406,11 @@ int xs_sem_resize(xs_sem *s, int64_t size)
         return XS_EINVAL;
     int64_t avail = sem_lock(s);
     avail += size - atomic_load_explicit(&s->size, memory_order_relaxed);
+    /* More available than the size means held < 0: only an over-release
+     * that raced a shrink gets here (documented).  Dropping the excess keeps
+     * the packed field in range however close to XS_SEM_MAX we are. */
+    if (avail > size)
+        avail = size;
     atomic_store_explicit(&s->size, size, memory_order_relaxed);
     repartition(s, size);
     sem_unlock(s, grant_waiters(s, avail));
