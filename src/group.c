@@ -198,28 +198,36 @@ static bool stopped(xs_group *g)
 static int acquire_slot(xs_group *g, bool block)
 {
     for (;;) {
-        uint32_t s = atomic_load_explicit(&g->st, memory_order_relaxed);
+        /* Acquire: a set_limit that finished is visible (its release store). */
+        uint32_t s = atomic_load_explicit(&g->st, memory_order_acquire);
         if (s & F_SETTING) {
             cpu_relax();
             continue;
         }
         if ((s & COUNT_MASK) == COUNT_MASK)
             return XS_EOVERFLOW;
-        /* Acquire: a set_limit that finished is visible (its release store). */
+        /* Decide "full" before touching the count, so that a refused go
+         * never shows as an active task (set_limit would see it busy). */
+        int lim = atomic_load_explicit(&g->limit, memory_order_relaxed);
+        if (lim >= 0 && (s & COUNT_MASK) >= (uint32_t)lim) {
+            if (lim == 0)
+                return XS_ELIMIT;
+            if (!block)
+                return XS_EAGAIN;
+            wait_for_slot(g, lim);
+            if (stopped(g))
+                return XS_ECANCELED;
+            continue;
+        }
         if (!atomic_compare_exchange_weak_explicit(&g->st, &s, s + 1, memory_order_acquire,
                                                    memory_order_relaxed))
             continue;
-        int lim = atomic_load_explicit(&g->limit, memory_order_relaxed);
-        if (lim < 0 || (s & COUNT_MASK) < (uint32_t)lim)
+        /* A set_limit between our load of the limit and the CAS (its flag
+         * came and went, leaving the word as it was): decide again. */
+        int now = atomic_load_explicit(&g->limit, memory_order_relaxed);
+        if (now < 0 || (s & COUNT_MASK) < (uint32_t)now)
             return 0;
         slot_release(g);
-        if (lim == 0)
-            return XS_ELIMIT;
-        if (!block)
-            return XS_EAGAIN;
-        wait_for_slot(g, lim);
-        if (stopped(g))
-            return XS_ECANCELED;
     }
 }
 

@@ -252,6 +252,14 @@ static void *alloc_locked(xs_pool *p, size_t size, bool zero)
     return ptr;
 }
 
+/* The same for a free made while holding mu. */
+static void free_locked(xs_pool *p, void *ptr, size_t size)
+{
+    xs__park_hook *h = xs__park_swap_hook(NULL);
+    xs__free(p->alloc, ptr, size);
+    xs__park_swap_hook(h);
+}
+
 /* ---- the shared queue (under mu) ---- */
 
 static bool gq_push_locked(xs_pool *p, const task *t)
@@ -264,7 +272,7 @@ static bool gq_push_locked(xs_pool *p, const task *t)
             return false;
         for (size_t i = 0; i < len; i++)
             q[i] = p->gq[(p->gq_head + i) % p->gq_cap];
-        xs__free(p->alloc, p->gq, p->gq_cap * sizeof *q);
+        free_locked(p, p->gq, p->gq_cap * sizeof *q);
         p->gq = q;
         p->gq_cap = cap;
         p->gq_head = 0;

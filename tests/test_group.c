@@ -606,3 +606,44 @@ TEST(group_go_on_full_limit_never_runs_a_task_in_the_caller)
     xs_ctx_release(nh.gate);
     th_event_destroy(&nh.busy_started);
 }
+
+/* A refused go never counts as an active task, not even for a moment. */
+static xs_group *refused_group;
+static _Atomic int refused_stop;
+static _Atomic long refused_attempts;
+
+static int refused_nop(xs_ctx *ctx, void *arg)
+{
+    (void)ctx;
+    (void)arg;
+    return 0;
+}
+
+static void *refused_spammer(void *arg)
+{
+    (void)arg;
+    while (!atomic_load(&refused_stop)) {
+        if (xs_group_go(refused_group, refused_nop, NULL) != XS_ELIMIT)
+            atomic_store(&refused_stop, 2); /* limit 0 must refuse every task */
+        atomic_fetch_add(&refused_attempts, 1);
+    }
+    return NULL;
+}
+
+TEST(group_refused_go_never_makes_set_limit_busy)
+{
+    ASSERT_EQ(xs_group_new(xs_ctx_background(), NULL, &refused_group, NULL), 0);
+    ASSERT_EQ(xs_group_set_limit(refused_group, 0), 0);
+    pthread_t th;
+    pthread_create(&th, NULL, refused_spammer, NULL);
+    int busy = 0;
+    /* until the other thread has been refused 10^5 times meanwhile */
+    while (atomic_load(&refused_attempts) < 100000 && atomic_load(&refused_stop) == 0)
+        busy += xs_group_set_limit(refused_group, 0) == XS_EBUSY;
+    int how = atomic_exchange(&refused_stop, 1);
+    pthread_join(th, NULL);
+    EXPECT_EQ(busy, 0);
+    EXPECT_NE(how, 2);
+    EXPECT_EQ(xs_group_wait(refused_group), 0);
+    EXPECT_EQ(xs_group_free(refused_group), 0);
+}

@@ -3,8 +3,11 @@
  * keeps running queued tasks while some of its tasks block.
  *
  * A task is a function and an argument.  A pool has `workers` run slots (one
- * per CPU for the default pool): at most that many of its threads run tasks
- * at once, except that a thread blocked in a wait does not count.  Every
+ * per CPU for the default pool): a thread takes a slot to start a task, so
+ * at most that many threads start tasks at once; a thread that blocked and
+ * gave its slot away finishes its current task without one (so for a moment
+ * more threads than slots may be computing) and takes a slot again before
+ * its next task.  Every
  * wait of the library (group wait, a full group's go, semaphore acquire,
  * singleflight wait, context wait, the library's internal locks) and every
  * region between xs_pool_block_begin and xs_pool_block_end hands the
@@ -28,7 +31,8 @@
  * max_standins exist.  When every one of them is blocked, queued tasks wait
  * for one to return.
  *
- * Order: tasks submitted from outside the pool go to a shared FIFO queue;
+ * Order: tasks submitted from outside the pool go to a shared queue, which
+ * workers take from oldest first in batches (within a batch, newest first);
  * tasks submitted by a task of the pool go to its worker's own queue, run
  * newest first by that worker and oldest first by thieves.  A thread
  * waiting for a group (xs_group_wait) may run that group's queued tasks
