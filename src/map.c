@@ -54,16 +54,29 @@ static const char pending_marker, deleted_marker, none_marker;
 #define DELETED ((void *)&deleted_marker)
 #define NONE ((void *)&none_marker)
 
+/*
+ * An entry is one block: the fields only writers use, then what a lookup
+ * reads (hash, value, length, key) contiguous, so that a hit touches as few
+ * cache lines as possible.  Entry pointers point at the second part.
+ */
+typedef struct entry_cold {
+    uintptr_t owner;         /* while PENDING: the creating thread's token */
+    void *dead;              /* the value the killer removed (NONE: none) */
+    xs__ebr_node node;
+} entry_cold;
+
 typedef struct entry {
     uint64_t hash;
     _Atomic(void *) value;   /* PENDING, a user value, or DELETED */
     uint32_t len;
     _Atomic uint32_t sync;   /* while PENDING: 0, 1 (waiters parked), 2 resolved */
-    uintptr_t owner;         /* while PENDING: the creating thread's token */
-    void *dead;              /* the value the killer removed (NONE: none) */
-    xs__ebr_node node;
     char key[];              /* len bytes, then a NUL */
 } entry;
+
+#define COLD(e) ((entry_cold *)(void *)((char *)(e) - sizeof(entry_cold)))
+#define ENTRY_OF_NODE(n) \
+    ((entry *)(void *)((char *)XS_CONTAINER_OF(n, entry_cold, node) + sizeof(entry_cold)))
+#define ENTRY_SIZE(len) (sizeof(entry_cold) + sizeof(entry) + (len) + 1)
 
 typedef struct bucket {
     _Atomic uint64_t meta;            /* tag byte per slot (0: free); MOVED */
@@ -71,17 +84,21 @@ typedef struct bucket {
     _Atomic(struct bucket *) overflow;
 } bucket;
 
+/* Read-mostly fields first; the migration counters, which movers write,
+ * 64 bytes away so they never share a line with what lookups read.  (No
+ * _Alignas: allocators only promise 16-byte alignment.) */
 typedef struct table {
     size_t mask;                 /* buckets - 1 */
+    bucket *b;                   /* 64-byte aligned inside the block */
     _Atomic(struct table *) next; /* resize or clear target, once started */
+    xs__lock *locks;             /* one per bucket */
+    bool clearing;               /* next is a clear's table: nothing to help */
+    size_t size;                 /* bytes of the block */
+    xs__ebr_node node;
+    char pad_[64];
     _Atomic size_t claim;        /* next bucket index to migrate */
     _Atomic size_t done;         /* buckets migrated */
     _Atomic int retry;           /* a bucket could not move (no memory) */
-    bool clearing;               /* next is a clear's table: nothing to help */
-    xs__lock *locks;             /* one per bucket */
-    bucket *b;                   /* 64-byte aligned inside the block */
-    size_t size;                 /* bytes of the block */
-    xs__ebr_node node;
 } table;
 
 /* A replaced value waiting for its destructor. */
@@ -102,7 +119,8 @@ struct xs_map {
     pthread_mutex_t resize_mu;   /* starting a resize (trylock) and clear */
     xs__ebr_list limbo;
     struct {
-        _Alignas(64) _Atomic int64_t n;
+        _Atomic int64_t n;
+        char pad_[56]; /* one stripe per 64 bytes: writers never share a line */
     } count[STRIPES];
 };
 
@@ -143,9 +161,24 @@ static inline bool valid_key(const void *key, size_t len)
     return (key || len == 0) && len <= XS_MAP_KEY_MAX;
 }
 
+/* Key equality without a library call for the usual short keys: two
+ * overlapping word loads cover 4 to 16 bytes, within both buffers. */
+static inline bool key_eq(const char *a, const char *b, size_t len)
+{
+    if (len >= 8 && len <= 16)
+        return xs__hash_r64((const unsigned char *)a) == xs__hash_r64((const unsigned char *)b) &&
+               xs__hash_r64((const unsigned char *)a + len - 8) ==
+                   xs__hash_r64((const unsigned char *)b + len - 8);
+    if (len >= 4 && len < 8)
+        return xs__hash_r32((const unsigned char *)a) == xs__hash_r32((const unsigned char *)b) &&
+               xs__hash_r32((const unsigned char *)a + len - 4) ==
+                   xs__hash_r32((const unsigned char *)b + len - 4);
+    return len == 0 || memcmp(a, b, len) == 0;
+}
+
 static inline bool same_key(const entry *e, uint64_t h, const void *key, size_t len)
 {
-    return e->hash == h && e->len == len && (len == 0 || memcmp(e->key, key, len) == 0);
+    return e->hash == h && e->len == len && key_eq(e->key, key, len);
 }
 
 static void count_add(xs_map *m, uint64_t h, int64_t d)
@@ -171,15 +204,16 @@ static inline uintptr_t self_token(void)
 
 static void free_entry_now(xs_map *m, entry *e)
 {
-    xs__free(m->alloc, e, sizeof *e + e->len + 1);
+    xs__free(m->alloc, COLD(e), ENTRY_SIZE(e->len));
 }
 
 static void reclaim_entry(xs__ebr_node *n, void *ctx)
 {
     xs_map *m = ctx;
-    entry *e = XS_CONTAINER_OF(n, entry, node);
-    if (e->dead != NONE && m->destroy)
-        m->destroy(e->dead, m->destroy_arg);
+    entry *e = ENTRY_OF_NODE(n);
+    void *dead = COLD(e)->dead;
+    if (dead != NONE && m->destroy)
+        m->destroy(dead, m->destroy_arg);
     free_entry_now(m, e);
 }
 
@@ -213,21 +247,21 @@ static void reclaim_table(xs__ebr_node *n, void *ctx)
  * writers reclaim at the end of their operation, in after_write. */
 static void retire_entry(xs_map *m, entry *e)
 {
-    (void)xs__ebr_retire(&m->limbo, &e->node, reclaim_entry);
+    (void)xs__ebr_retire(&m->limbo, &COLD(e)->node, reclaim_entry);
 }
 
 /* Entries unlinked under a lock wait on this list (through their
  * still-unused node link) until the lock is released. */
 static void retire_later(entry **list, entry *e)
 {
-    e->node.next = (xs__ebr_node *)(void *)*list;
+    COLD(e)->node.next = (xs__ebr_node *)(void *)*list;
     *list = e;
 }
 
 static void retire_all(xs_map *m, entry *list)
 {
     while (list) {
-        entry *next = (entry *)(void *)list->node.next;
+        entry *next = (entry *)(void *)COLD(list)->node.next;
         retire_entry(m, list);
         list = next;
     }
@@ -253,15 +287,16 @@ static table *table_new(xs_map *m, size_t nbuckets)
 
 static entry *entry_new(xs_map *m, uint64_t h, const void *key, size_t len)
 {
-    entry *e = xs__alloc(m->alloc, sizeof *e + len + 1);
-    if (!e)
+    char *block = xs__alloc(m->alloc, ENTRY_SIZE(len));
+    if (!block)
         return NULL;
+    entry *e = (entry *)(void *)(block + sizeof(entry_cold));
     e->hash = h;
     e->len = (uint32_t)len;
     atomic_init(&e->value, NULL);
     atomic_init(&e->sync, 0);
-    e->owner = 0;
-    e->dead = NONE;
+    COLD(e)->owner = 0;
+    COLD(e)->dead = NONE;
     if (len)
         memcpy(e->key, key, len);
     e->key[len] = '\0';
@@ -277,8 +312,8 @@ static entry *entry_new(xs_map *m, uint64_t h, const void *key, size_t len)
  * bucket redirects to the next table (readers); without, the caller holds
  * the head's lock and it is not moved.
  */
-static entry *chain_find(table *t, uint64_t h, const void *key, size_t len, void **vout,
-                         bool follow)
+static inline __attribute__((always_inline)) entry *
+chain_find(table *t, uint64_t h, const void *key, size_t len, void **vout, bool follow)
 {
     uint64_t tag = tag_of(h);
     for (;;) {
@@ -406,7 +441,7 @@ static bool chain_remove(bucket *b, const entry *e)
  */
 static void unlink_dead(xs_map *m, entry *e, void *v)
 {
-    e->dead = v;
+    COLD(e)->dead = v;
     table *t;
     bucket *b = lock_home(m, e->hash, &t);
     bool found = chain_remove(b, e);
@@ -427,7 +462,7 @@ static void resolve(entry *e)
 /* Waits until e's creator finishes.  XS_EBUSY if we are that creator. */
 static int wait_pending(entry *e)
 {
-    if (e->owner == self_token())
+    if (COLD(e)->owner == self_token())
         return XS_EBUSY;
     uint32_t s = atomic_load_explicit(&e->sync, memory_order_acquire);
     while (s != 2) {
@@ -755,7 +790,7 @@ static int insert_new(xs_map *m, uint64_t h, const void *key, size_t len, void *
     entry *e = *fresh;
     /* Relaxed: published by chain_put's release. */
     atomic_store_explicit(&e->value, v, memory_order_relaxed);
-    e->owner = v == PENDING ? self_token() : 0;
+    COLD(e)->owner = v == PENDING ? self_token() : 0;
     table *t;
     bucket *b = lock_home(m, h, &t);
     void *cur;
@@ -939,7 +974,7 @@ static int run_creator(xs_map *m, entry *e, const void *key, size_t len,
     } else {
         /* clear killed e while we created: v was stored, then cleared.  It
          * is destroyed with e, which clear retired (our guard keeps e). */
-        e->dead = v;
+        COLD(e)->dead = v;
     }
     resolve(e);
     *actual = v;
@@ -1281,7 +1316,7 @@ int xs_map_clear(xs_map *m)
                 /* Acq_rel: as any removal. */
                 void *v = atomic_exchange_explicit(&e->value, DELETED, memory_order_acq_rel);
                 if (v != DELETED && v != PENDING) {
-                    e->dead = v;
+                    COLD(e)->dead = v;
                     count_add(m, e->hash, -1);
                 }
                 /* DELETED: its killer will not find it linked any more.
