@@ -3,7 +3,7 @@
  * per-bucket writer locks, incremental resizing and EBR reclamation.
  *
  * Invariants (the rest of the file relies on them):
- *  - An entry's hash, length and key never change; its value word moves from
+ *  - An entry's length and key never change; its value word moves from
  *    PENDING (a creator is running) or a real value, through real values, to
  *    DELETED, and never leaves DELETED.  At most one entry per key is not
  *    DELETED at any time: inserting happens under the key's bucket lock
@@ -56,17 +56,17 @@ static const char pending_marker, deleted_marker, none_marker;
 
 /*
  * An entry is one block: the fields only writers use, then what a lookup
- * reads (hash, value, length, key) contiguous, so that a hit touches as few
- * cache lines as possible.  Entry pointers point at the second part.
+ * reads (value, length, key) contiguous, so that a hit touches as few cache
+ * lines as possible.  Entry pointers point at the second part.  The hash is
+ * not kept (writers that need it recompute it): a short key's entry is one
+ * 64-byte allocation.
  */
 typedef struct entry_cold {
-    uintptr_t owner;         /* while PENDING: the creating thread's token */
     void *dead;              /* the value the killer removed (NONE: none) */
     xs__ebr_node node;
 } entry_cold;
 
 typedef struct entry {
-    uint64_t hash;
     _Atomic(void *) value;   /* PENDING, a user value, or DELETED */
     uint32_t len;
     _Atomic uint32_t sync;   /* while PENDING: 0, 1 (waiters parked), 2 resolved */
@@ -176,15 +176,22 @@ static inline bool key_eq(const char *a, const char *b, size_t len)
     return len == 0 || memcmp(a, b, len) == 0;
 }
 
-static inline bool same_key(const entry *e, uint64_t h, const void *key, size_t len)
+static inline bool same_key(const entry *e, const void *key, size_t len)
 {
-    return e->hash == h && e->len == len && key_eq(e->key, key, len);
+    return e->len == len && key_eq(e->key, key, len);
 }
 
-static void count_add(xs_map *m, uint64_t h, int64_t d)
+static inline uint64_t entry_hash(const xs_map *m, const entry *e)
 {
+    return hash_of(m, e->key, e->len);
+}
+
+/* The calling thread's stripe (it is inside a guard, so it has a record). */
+static void count_add(xs_map *m, int64_t d)
+{
+    size_t stripe = ((uintptr_t)xs__ebr_self >> 6) % STRIPES;
     /* Relaxed: a statistic; len() documents that it is a snapshot. */
-    atomic_fetch_add_explicit(&m->count[(h >> 24) % STRIPES].n, d, memory_order_relaxed);
+    atomic_fetch_add_explicit(&m->count[stripe].n, d, memory_order_relaxed);
 }
 
 static int64_t count_total(const xs_map *m)
@@ -195,10 +202,15 @@ static int64_t count_total(const xs_map *m)
     return n < 0 ? 0 : n;
 }
 
-static inline uintptr_t self_token(void)
-{
-    return (uintptr_t)xs__ebr_self;
-}
+/* The pending entries whose creators run in this thread (innermost
+ * first): a creator that calls back for its own key must not wait for
+ * itself.  Nodes live in run_creator's frames. */
+typedef struct creating {
+    const struct entry *e;
+    struct creating *prev;
+} creating;
+
+static _Thread_local creating *creating_top;
 
 /* ---- reclamation callbacks ---- */
 
@@ -285,17 +297,15 @@ static table *table_new(xs_map *m, size_t nbuckets)
     return t;
 }
 
-static entry *entry_new(xs_map *m, uint64_t h, const void *key, size_t len)
+static entry *entry_new(xs_map *m, const void *key, size_t len)
 {
     char *block = xs__alloc(m->alloc, ENTRY_SIZE(len));
     if (!block)
         return NULL;
     entry *e = (entry *)(void *)(block + sizeof(entry_cold));
-    e->hash = h;
     e->len = (uint32_t)len;
     atomic_init(&e->value, NULL);
     atomic_init(&e->sync, 0);
-    COLD(e)->owner = 0;
     COLD(e)->dead = NONE;
     if (len)
         memcpy(e->key, key, len);
@@ -332,7 +342,7 @@ chain_find(table *t, uint64_t h, const void *key, size_t len, void **vout, bool 
                 /* Acquire: a slot may be newer than the tag word we read
                  * (reused since); its entry must still be seen initialised. */
                 entry *e = atomic_load_explicit(&b->slot[i], memory_order_acquire);
-                if (e && same_key(e, h, key, len)) {
+                if (e && same_key(e, key, len)) {
                     /* Acquire: pairs with the release that stored the value. */
                     void *v = atomic_load_explicit(&e->value, memory_order_acquire);
                     if (v != DELETED) {
@@ -385,9 +395,8 @@ static inline void unlock_home(table *t, bucket *b)
  * overflow bucket if all are taken.  Returns 0, or XS_ENOMEM with nothing
  * changed.  *deep is set when the chain is getting full (a resize hint).
  */
-static int chain_put(xs_map *m, bucket *b, entry *e, bool *deep)
+static int chain_put(xs_map *m, bucket *b, entry *e, uint64_t tag, bool *deep)
 {
-    uint64_t tag = tag_of(e->hash);
     int depth = 0;
     for (;;) {
         uint64_t meta = atomic_load_explicit(&b->meta, memory_order_relaxed);
@@ -443,7 +452,7 @@ static void unlink_dead(xs_map *m, entry *e, void *v)
 {
     COLD(e)->dead = v;
     table *t;
-    bucket *b = lock_home(m, e->hash, &t);
+    bucket *b = lock_home(m, entry_hash(m, e), &t);
     bool found = chain_remove(b, e);
     unlock_home(t, b);
     if (found)
@@ -462,8 +471,9 @@ static void resolve(entry *e)
 /* Waits until e's creator finishes.  XS_EBUSY if we are that creator. */
 static int wait_pending(entry *e)
 {
-    if (COLD(e)->owner == self_token())
-        return XS_EBUSY;
+    for (const creating *c = creating_top; c; c = c->prev)
+        if (c->e == e)
+            return XS_EBUSY;
     uint32_t s = atomic_load_explicit(&e->sync, memory_order_acquire);
     while (s != 2) {
         if (s == 0 &&
@@ -567,9 +577,10 @@ static int migrate_bucket(xs_map *m, table *t, table *n, size_t i)
             }
             /* Entries killed from here on are unlinked by their killers,
              * from n once we are done (they wait for our lock). */
-            size_t j = e->hash & n->mask;
+            uint64_t h = entry_hash(m, e);
+            size_t j = h & n->mask;
             xs__lock_acquire(&n->locks[j]);
-            rc = chain_put(m, &n->b[j], e, NULL);
+            rc = chain_put(m, &n->b[j], e, tag_of(h), NULL);
             xs__lock_release(&n->locks[j]);
         }
     }
@@ -581,7 +592,7 @@ static int migrate_bucket(xs_map *m, table *t, table *n, size_t i)
                 if (!slot_tag(meta, s))
                     continue;
                 entry *e = atomic_load_explicit(&b->slot[s], memory_order_relaxed);
-                size_t j = e->hash & n->mask;
+                size_t j = entry_hash(m, e) & n->mask;
                 xs__lock_acquire(&n->locks[j]);
                 chain_remove(&n->b[j], e);
                 xs__lock_release(&n->locks[j]);
@@ -783,14 +794,13 @@ static int insert_new(xs_map *m, uint64_t h, const void *key, size_t len, void *
                       entry **fresh, entry **out)
 {
     if (!*fresh) {
-        *fresh = entry_new(m, h, key, len);
+        *fresh = entry_new(m, key, len);
         if (!*fresh)
             return XS_ENOMEM;
     }
     entry *e = *fresh;
     /* Relaxed: published by chain_put's release. */
     atomic_store_explicit(&e->value, v, memory_order_relaxed);
-    COLD(e)->owner = v == PENDING ? self_token() : 0;
     table *t;
     bucket *b = lock_home(m, h, &t);
     void *cur;
@@ -799,14 +809,14 @@ static int insert_new(xs_map *m, uint64_t h, const void *key, size_t len, void *
         return 1;
     }
     bool deep = false;
-    int rc = chain_put(m, b, e, &deep);
+    int rc = chain_put(m, b, e, tag_of(h), &deep);
     unlock_home(t, b);
     if (rc)
         return rc;
     *fresh = NULL;
     *out = e;
     if (v != PENDING)
-        count_add(m, h, 1);
+        count_add(m, 1);
     if (deep)
         maybe_grow(m);
     return 0;
@@ -954,7 +964,10 @@ static int run_creator(xs_map *m, entry *e, const void *key, size_t len,
                        xs_map_create_fn create, void *arg, void **actual)
 {
     void *v = NULL;
+    creating me = {e, creating_top};
+    creating_top = &me;
     int rc = create(key, len, arg, &v);
+    creating_top = me.prev;
     void *expect = PENDING;
     if (rc != 0) {
         /* Nothing stored.  If clear killed e meanwhile it also retired it. */
@@ -970,7 +983,7 @@ static int run_creator(xs_map *m, entry *e, const void *key, size_t len,
     /* Release: whoever loads v sees what the creator did. */
     if (atomic_compare_exchange_strong_explicit(&e->value, &expect, v, memory_order_acq_rel,
                                                 memory_order_acquire)) {
-        count_add(m, e->hash, 1);
+        count_add(m, 1);
     } else {
         /* clear killed e while we created: v was stored, then cleared.  It
          * is destroyed with e, which clear retired (our guard keeps e). */
@@ -1067,7 +1080,7 @@ static int remove_key(xs_map *m, const void *key, size_t len, bool match, void *
         }
     }
     if (rc == 0) {
-        count_add(m, h, -1);
+        count_add(m, -1);
         unlink_dead(m, e, cur);
         if (value)
             *value = cur;
@@ -1168,9 +1181,12 @@ static int snap_push(snapbuf *sb, entry *e, void *v)
  * found from table u on: the buckets of u that can hold them, and for moved
  * ones, the next table's, recursively.
  */
-static int collect(table *u, size_t cls, size_t cmask, snapbuf *sb)
+static int collect(const xs_map *m, table *u, size_t cls, size_t cmask, snapbuf *sb)
 {
     size_t first, step, count;
+    /* In a finer (or equal) table a bucket holds only keys of its class; a
+     * coarser one mixes classes and its keys must be sorted out by hash. */
+    bool filter = u->mask < cmask;
     if (u->mask >= cmask) { /* u is finer: the buckets cls + k * (cmask + 1) */
         first = cls;
         step = cmask + 1;
@@ -1187,7 +1203,8 @@ static int collect(table *u, size_t cls, size_t cmask, snapbuf *sb)
         if (meta & MOVED) {
             table *n = atomic_load_explicit(&u->next, memory_order_acquire);
             /* the narrower of the two classes, so nothing is seen twice */
-            int rc = u->mask >= cmask ? collect(n, j, u->mask, sb) : collect(n, cls, cmask, sb);
+            int rc = u->mask >= cmask ? collect(m, n, j, u->mask, sb)
+                                      : collect(m, n, cls, cmask, sb);
             if (rc)
                 return rc;
             continue;
@@ -1198,7 +1215,7 @@ static int collect(table *u, size_t cls, size_t cmask, snapbuf *sb)
                 if (!slot_tag(meta, s))
                     continue;
                 entry *e = atomic_load_explicit(&b->slot[s], memory_order_acquire);
-                if (!e || (e->hash & cmask) != cls)
+                if (!e || (filter && (entry_hash(m, e) & cmask) != cls))
                     continue;
                 void *v = atomic_load_explicit(&e->value, memory_order_acquire);
                 if (v == DELETED || v == PENDING)
@@ -1215,8 +1232,6 @@ static int collect(table *u, size_t cls, size_t cmask, snapbuf *sb)
 static int snap_cmp(const void *pa, const void *pb)
 {
     const entry *a = ((const snap *)pa)->e, *b = ((const snap *)pb)->e;
-    if (a->hash != b->hash)
-        return a->hash < b->hash ? -1 : 1;
     if (a->len != b->len)
         return a->len < b->len ? -1 : 1;
     return memcmp(a->key, b->key, a->len);
@@ -1234,7 +1249,7 @@ int xs_map_range(xs_map *m, xs_map_range_fn fn, void *arg)
     table *t = atomic_load_explicit(&m->table, memory_order_acquire);
     for (size_t i = 0; i <= t->mask && rc == 0; i++) {
         sb.n = 0;
-        rc = collect(t, i, t->mask, &sb);
+        rc = collect(m, t, i, t->mask, &sb);
         if (rc)
             break;
         /* A key deleted and stored again while we read its chain can show
@@ -1317,7 +1332,7 @@ int xs_map_clear(xs_map *m)
                 void *v = atomic_exchange_explicit(&e->value, DELETED, memory_order_acq_rel);
                 if (v != DELETED && v != PENDING) {
                     COLD(e)->dead = v;
-                    count_add(m, e->hash, -1);
+                    count_add(m, -1);
                 }
                 /* DELETED: its killer will not find it linked any more.
                  * PENDING: its creator finds DELETED and leaves its value in
