@@ -1383,6 +1383,108 @@ TEST_T(destructor_exactly_once_under_stress, 300)
     EXPECT_EQ(atomic_load(&objs_destroyed), atomic_load(&objs_created));
 }
 
+/* Resizes in both directions, clears and creators all at once, with a
+ * destructor: every value destroyed exactly once, never under a reader. */
+typedef struct rstress {
+    xs_map *m;
+    _Atomic int id;
+    _Atomic long bad, created_here;
+    _Atomic long ops; /* all threads' operations, in hundreds: the phase clock */
+    int iters;
+} rstress;
+
+static int obj_create(const void *key, size_t len, void *arg, void **out)
+{
+    (void)key;
+    (void)len;
+    rstress *c = arg;
+    uint64_t x = (uintptr_t)out ^ (uint64_t)atomic_fetch_add(&c->created_here, 1);
+    if (x % 7 == 0)
+        return 99; /* some creators fail */
+    *out = obj_new();
+    return 0;
+}
+
+static void *rstress_worker(void *arg)
+{
+    rstress *c = arg;
+    int id = atomic_fetch_add(&c->id, 1);
+    uint64_t s = (uint64_t)id * 7919 + 3;
+    char k[24];
+    long phase = 0;
+    for (int i = 0; i < c->iters; i++) {
+        uint64_t x = rng_next(&s);
+        if (i % 100 == 0)
+            phase = (atomic_fetch_add(&c->ops, 1) / 600) % 2;
+        /* phases for all threads: inserting over a wide key space grows the
+         * table; inserting over a narrow one while deleting everywhere
+         * shrinks it */
+        unsigned op = (unsigned)((x >> 20) % 8);
+        long space = phase && (op <= 2 || op == 6) ? 50 : 6000;
+        size_t n = key_of(k, sizeof k, "r", (long)(x % (uint64_t)space));
+        switch (op) {
+        case 0:
+        case 1: {
+            void *v = NULL;
+            int rc = xs_map_load_or_create(c->m, k, n, obj_create, c, &v, NULL);
+            if (rc != 0 && rc != 99)
+                atomic_fetch_add(&c->bad, 1);
+            break;
+        }
+        case 2:
+            xs_map_store(c->m, k, n, obj_new());
+            break;
+        case 3:
+        case 4:
+            xs_map_delete(c->m, k, n);
+            break;
+        case 5: {
+            if (xs_map_guard_enter() != 0)
+                break;
+            void *v = NULL;
+            if (xs_map_load(c->m, k, n, &v) == 0) {
+                obj *o = v;
+                if (atomic_load(&o->magic) != OBJ_MAGIC || atomic_load(&o->destroyed))
+                    atomic_fetch_add(&c->bad, 1);
+            }
+            xs_map_guard_leave();
+            break;
+        }
+        case 6:
+            xs_map_swap(c->m, k, n, obj_new(), NULL, NULL);
+            break;
+        case 7:
+            if ((x >> 32) % 5000 == 0)
+                EXPECT_EQ(xs_map_clear(c->m), 0);
+            else
+                xs_map_load_and_delete(c->m, k, n, NULL);
+            break;
+        }
+    }
+    return NULL;
+}
+
+TEST_HASHES(stress_resize_clear_and_creators, 300)
+{
+    atomic_store(&objs_destroyed, 0);
+    atomic_store(&objs_double, 0);
+    atomic_store(&objs_created, 0);
+    rstress c = {.m = new_map_with((xs_map_options){.destroy = obj_destroy}),
+                 .iters = hash_mode == HASH_CONST ? 6000 : 48000};
+    ASSERT(c.m);
+    threads ts = {.n = 0};
+    for (int i = 0; i < 6; i++)
+        spawn(&ts, rstress_worker, &c);
+    join_all(&ts);
+    EXPECT_EQ(atomic_load(&c.bad), 0);
+    int calls = 0;
+    EXPECT_EQ(xs_map_range(c.m, count_fn, &calls), 0);
+    EXPECT_EQ((size_t)calls, xs_map_len(c.m));
+    xs_map_free(c.m);
+    EXPECT_EQ(atomic_load(&objs_double), 0);
+    EXPECT_EQ(atomic_load(&objs_destroyed), atomic_load(&objs_created));
+}
+
 TEST(guard_enter_leave_nest_and_reject_overrelease)
 {
     EXPECT_EQ(xs_map_guard_leave(), XS_EINVAL);
