@@ -1470,7 +1470,7 @@ TEST_HASHES(stress_resize_clear_and_creators, 300)
     atomic_store(&objs_double, 0);
     atomic_store(&objs_created, 0);
     rstress c = {.m = new_map_with((xs_map_options){.destroy = obj_destroy}),
-                 .iters = hash_mode == HASH_CONST ? 6000 : 48000};
+                 .iters = hash_mode == HASH_CONST ? 3000 : 48000};
     ASSERT(c.m);
     threads ts = {.n = 0};
     for (int i = 0; i < 6; i++)
