@@ -91,6 +91,7 @@ typedef struct table {
     size_t mask;                 /* buckets - 1 */
     bucket *b;                   /* 64-byte aligned inside the block */
     _Atomic(struct table *) next; /* resize or clear target, once started */
+    _Atomic size_t prefix;       /* buckets [0, prefix) are all moved */
     xs__lock *locks;             /* one per bucket */
     bool clearing;               /* next is a clear's table: nothing to help */
     size_t size;                 /* bytes of the block */
@@ -327,7 +328,20 @@ chain_find(table *t, uint64_t h, const void *key, size_t len, void **vout, bool 
 {
     uint64_t tag = tag_of(h);
     for (;;) {
-        bucket *b = &t->b[h & t->mask];
+        size_t idx = h & t->mask;
+        if (follow) {
+            /* During a resize, skip buckets known moved without reading them:
+             * a resize that writers stopped driving costs readers nothing.
+             * Acquire (both): next is initialised, and the buckets below the
+             * prefix are moved with their entries linked into next. */
+            table *n = atomic_load_explicit(&t->next, memory_order_acquire);
+            if (XS_UNLIKELY(n != NULL) &&
+                idx < atomic_load_explicit(&t->prefix, memory_order_acquire)) {
+                t = n;
+                continue;
+            }
+        }
+        bucket *b = &t->b[idx];
         /* Acquire: slots, entries and overflow buckets published before the
          * tag word are visible. */
         uint64_t meta = atomic_load_explicit(&b->meta, memory_order_acquire);
@@ -621,9 +635,28 @@ static void finish_resize(xs_map *m, table *t, table *n)
     (void)xs__ebr_retire(&m->limbo, &t->node, reclaim_table);
 }
 
+/* Raises t->prefix over the run of moved buckets that starts at it. */
+static void advance_prefix(table *t)
+{
+    size_t nb = t->mask + 1;
+    size_t p = atomic_load_explicit(&t->prefix, memory_order_relaxed);
+    size_t q = p;
+    /* Acquire: we publish these buckets' moves through the prefix. */
+    while (q < nb && (atomic_load_explicit(&t->b[q].meta, memory_order_acquire) & MOVED))
+        q++;
+    /* Release: readers that see the prefix see the moves.  A racing mover
+     * may have raised it further: keep the larger value. */
+    while (q > p && !atomic_compare_exchange_weak_explicit(&t->prefix, &p, q,
+                                                           memory_order_release,
+                                                           memory_order_relaxed))
+        ;
+}
+
 static void moved(xs_map *m, table *t, table *n, size_t k)
 {
     size_t nb = t->mask + 1;
+    if (k)
+        advance_prefix(t);
     /* Acq_rel: the finisher sees every other mover's work. */
     if (k && atomic_fetch_add_explicit(&t->done, k, memory_order_acq_rel) + k == nb)
         finish_resize(m, t, n);
@@ -794,6 +827,10 @@ static int insert_new(xs_map *m, uint64_t h, const void *key, size_t len, void *
                       entry **fresh, entry **out)
 {
     if (!*fresh) {
+        /* The lock's line is not one a lookup touched: fetch it while the
+         * allocator runs. */
+        table *t0 = atomic_load_explicit(&m->table, memory_order_acquire);
+        __builtin_prefetch(&t0->locks[h & t0->mask], 1);
         *fresh = entry_new(m, key, len);
         if (!*fresh)
             return XS_ENOMEM;
