@@ -528,9 +528,13 @@ static size_t pow2_at_least(size_t n)
     return p;
 }
 
-/* After an insert into a chain that is getting deep. */
+/* After an insert into a chain that is getting deep (now and then: summing
+ * the stripes reads lines other threads write). */
 static void maybe_grow(xs_map *m)
 {
+    static _Thread_local unsigned calls;
+    if ((++calls & 3) != 0)
+        return;
     table *t = atomic_load_explicit(&m->table, memory_order_acquire);
     size_t nb = t->mask + 1;
     if (atomic_load_explicit(&t->next, memory_order_acquire) || nb >= MAX_BUCKETS)
@@ -674,9 +678,20 @@ static void help_resize(xs_map *m, table *t)
         return;
     size_t nb = t->mask + 1;
     size_t k = 0;
-    size_t i = atomic_fetch_add_explicit(&t->claim, MIGRATE_CHUNK, memory_order_relaxed);
+    size_t i = atomic_load_explicit(&t->claim, memory_order_relaxed);
+    if (i < nb)
+        i = atomic_fetch_add_explicit(&t->claim, MIGRATE_CHUNK, memory_order_relaxed);
     if (i < nb) {
         size_t end = i + MIGRATE_CHUNK < nb ? i + MIGRATE_CHUNK : nb;
+        /* Moving needs each entry's key (to rehash it): start all those
+         * cache misses at once rather than one per entry. */
+        for (size_t j = i; j < end; j++) {
+            uint64_t meta = atomic_load_explicit(&t->b[j].meta, memory_order_acquire);
+            for (int s = 0; s < SLOTS; s++)
+                if (slot_tag(meta, s))
+                    __builtin_prefetch(atomic_load_explicit(&t->b[j].slot[s],
+                                                            memory_order_relaxed));
+        }
         for (; i < end; i++) {
             int rc = migrate_bucket(m, t, n, i);
             if (rc < 0) {
