@@ -7,7 +7,7 @@
  * `void *` (NULL is a value like any other) and compare by identity.
  *
  * Design.  A hash table of 64-byte buckets (six slots, a word of one-byte hash
- * tags, an overflow link) holding pointers to immutable entries (hash, key,
+ * tags, an overflow link) holding pointers to entries (an immutable key
  * and one atomic value word).  Why a table and not a hash trie like Go 1.24's
  * HashTrieMap: a lookup costs one bucket line and one entry line at any size,
  * where a trie costs one line per level, which is what decides the seed's
