@@ -116,83 +116,17 @@ static uint64_t thread_seed(const xs_bench_pb *pb, uint64_t run)
 
 /* ---- the stat set (the cached value) ----
  *
- * Its counters are what a metrics library gives a counter that every thread
- * bumps (Java's LongAdder design): one word, until two threads collide on
- * it; then one cache line per thread, summed when read.  All three caches
- * use this same stat set.  With a single shared word instead, a hot
- * counter's line moves between cores on every add whatever the cache does:
- * the *SharedCounter variants (full set) measure that too.
+ * As in the seed: a few counters and a latency sum per name, each a plain
+ * atomic word that every thread adds to.  All three caches use this same
+ * stat set (in the limit no two threads ever share one).
  */
 
-#define CELLS 8
-
-typedef struct counter_cells {
-    struct {
-        _Atomic int64_t v;
-        char pad_[56];
-    } c[CELLS];
-} counter_cells;
-
-typedef struct counter {
-    _Atomic int64_t base;
-    _Atomic(counter_cells *) cells;
-} counter;
-
 typedef struct stat_set {
-    counter success;
-    counter error;
+    _Atomic int64_t success;
+    _Atomic int64_t error;
     _Atomic int64_t latency_ns;
     const xs_allocator *alloc;
 } stat_set;
-
-static bool shared_counters; /* set by the *SharedCounter variants */
-
-static __attribute__((noinline)) void counter_add_slow(counter *c, int64_t d, unsigned probe,
-                                                       const xs_allocator *a)
-{
-    counter_cells *cs = atomic_load_explicit(&c->cells, memory_order_acquire);
-    if (!cs) {
-        counter_cells *fresh = a->alloc(a->state, sizeof *fresh);
-        if (!fresh) {
-            atomic_fetch_add_explicit(&c->base, d, memory_order_relaxed);
-            return;
-        }
-        memset(fresh, 0, sizeof *fresh);
-        cs = NULL;
-        /* Release: adders that load the pointer see zeroed cells. */
-        if (atomic_compare_exchange_strong_explicit(&c->cells, &cs, fresh, memory_order_acq_rel,
-                                                    memory_order_acquire))
-            cs = fresh;
-        else
-            a->free(a->state, fresh, sizeof *fresh);
-    }
-    atomic_fetch_add_explicit(&cs->c[probe % CELLS].v, d, memory_order_relaxed);
-}
-
-static inline void counter_add(counter *c, int64_t d, unsigned probe, const xs_allocator *a)
-{
-    if (shared_counters) {
-        atomic_fetch_add_explicit(&c->base, d, memory_order_relaxed);
-        return;
-    }
-    /* Acquire: pairs with the release that installed the cells. */
-    counter_cells *cs = atomic_load_explicit(&c->cells, memory_order_acquire);
-    if (__builtin_expect(cs != NULL, 1)) {
-        atomic_fetch_add_explicit(&cs->c[probe % CELLS].v, d, memory_order_relaxed);
-        return;
-    }
-    int64_t b = atomic_load_explicit(&c->base, memory_order_relaxed);
-    if (!atomic_compare_exchange_strong_explicit(&c->base, &b, b + d, memory_order_relaxed,
-                                                 memory_order_relaxed))
-        counter_add_slow(c, d, probe, a); /* contended: spread out */
-}
-
-static void counter_free(counter *c, const xs_allocator *a)
-{
-    counter_cells *cs = atomic_load_explicit(&c->cells, memory_order_relaxed);
-    if (cs)
-        a->free(a->state, cs, sizeof *cs);
-}
 
 static stat_set *stat_set_new(void)
 {
@@ -200,7 +134,9 @@ static stat_set *stat_set_new(void)
     const xs_allocator *a = xs_allocator_default();
     stat_set *s = a->alloc(a->state, sizeof *s);
     if (s) {
-        memset(s, 0, sizeof *s);
+        atomic_init(&s->success, 0);
+        atomic_init(&s->error, 0);
+        atomic_init(&s->latency_ns, 0);
         s->alloc = a;
     }
     return s;
@@ -210,14 +146,13 @@ static void stat_set_free(void *p, void *arg)
 {
     (void)arg;
     stat_set *s = p;
-    counter_free(&s->success, s->alloc);
-    counter_free(&s->error, s->alloc);
     s->alloc->free(s->alloc->state, s, sizeof *s);
 }
 
-static inline void stat_set_success(stat_set *s, const xs_bench_pb *pb)
+static inline void stat_set_success(stat_set *s)
 {
-    counter_add(&s->success, 1, (unsigned)xs_bench_pb_thread(pb), s->alloc);
+    /* Relaxed: a count, read after the threads are joined. */
+    atomic_fetch_add_explicit(&s->success, 1, memory_order_relaxed);
 }
 
 /* ---- an unsynchronized open-addressing table (the limit, and the rwlock
@@ -356,7 +291,7 @@ static void syncmap_body(xs_bench_pb *pb, void *arg)
             xs_bench_fail(r->b, "load_or_create failed");
             return;
         }
-        stat_set_success(set, pb);
+        stat_set_success(set);
     }
 }
 
@@ -399,7 +334,7 @@ static void mutex_body(xs_bench_pb *pb, void *arg)
             xs_bench_fail(r->b, "out of memory");
             return;
         }
-        stat_set_success(set, pb);
+        stat_set_success(set);
     }
 }
 
@@ -423,7 +358,7 @@ static void unsync_body(xs_bench_pb *pb, void *arg)
                 return;
             }
         }
-        stat_set_success(e->value, pb);
+        stat_set_success(e->value);
     }
 }
 
@@ -433,7 +368,6 @@ typedef struct cache_case {
     enum cache_kind kind;
     size_t n;
     int slot;
-    bool shared_counter;
 } cache_case;
 
 static void bench_cache(xs_bench *b, void *arg)
@@ -447,7 +381,6 @@ static void bench_cache(xs_bench *b, void *arg)
     }
     xs_bench_start_timer(b);
     cache_run r = {b, c, atomic_fetch_add(&run_serial, 1) * UINT64_C(0x2545F4914F6CDD1D), NULL};
-    shared_counters = cc->shared_counter;
     int threads = xs_bench_procs(b);
     switch (cc->kind) {
     case CACHE_SYNCMAP: {
@@ -505,23 +438,14 @@ static void bench_cache(xs_bench *b, void *arg)
 
 XS_BENCH_REGISTRATIONS(register_seed_table)
 {
-    static cache_case cases[3][8], shared[2][4];
+    static cache_case cases[3][8];
     static const char *names[3] = {"BenchmarkMutexCache", "BenchmarkSyncMapCache",
                                    "BenchmarkUnsyncLimit"};
     for (int k = 0; k < 3; k++) {
         size_t n = 10;
         for (int i = 0; i < 8; i++, n *= 10) {
-            cases[k][i] = (cache_case){(enum cache_kind)k, n, i, false};
+            cases[k][i] = (cache_case){(enum cache_kind)k, n, i};
             xs_bench_registerf(bench_cache, &cases[k][i], i == 7 ? XS_BENCH_FULL : 0, "%s/%zu",
-                               names[k], n);
-        }
-    }
-    /* the shared caches again with one plain atomic word per counter */
-    for (int k = 0; k < 2; k++) {
-        size_t n = 10;
-        for (int i = 0; i < 4; i++, n *= 10) {
-            shared[k][i] = (cache_case){(enum cache_kind)k, n, i, true};
-            xs_bench_registerf(bench_cache, &shared[k][i], XS_BENCH_FULL, "%sSharedCounter/%zu",
                                names[k], n);
         }
     }

@@ -7,7 +7,7 @@
 #
 #   bench/seed-table.sh [xsync-bench binary]
 #
-# Environment: COUNT (default 5), BENCHTIME (default 1s), FULL=1 adds
+# Environment: COUNT (passes, default 5), BENCHTIME (default 1s), FULL=1 adds
 # N = 10^8 (several GB of memory), OUT (default bench/results), and
 # RAW=file to format an existing run instead of running the benchmarks.
 set -eu
@@ -25,8 +25,16 @@ if [ -n "${RAW:-}" ]; then
     raw=$RAW
 else
     raw=$out/seed-table.raw.txt
-    "$bin" -bench '^Benchmark(MutexCache|SyncMapCache|UnsyncLimit)/[0-9]+$' \
-        -count "$count" -benchtime "$benchtime" $full | tee "$raw"
+    # COUNT separate passes over all three caches rather than -count:
+    # a machine whose load changes during the run then skews all three
+    # alike instead of whichever ran during the busy minutes.
+    i=0
+    : > "$raw"
+    while [ "$i" -lt "$count" ]; do
+        "$bin" -bench '^Benchmark(MutexCache|SyncMapCache|UnsyncLimit)/[0-9]+$' \
+            -count 1 -benchtime "$benchtime" $full | tee -a "$raw"
+        i=$((i + 1))
+    done
 fi
 
 awk '

@@ -1046,26 +1046,15 @@ static int run_creator(xs_map *m, entry *e, const void *key, size_t len,
     return 0;
 }
 
-int xs_map_load_or_create(xs_map *m, const void *key, size_t len, xs_map_create_fn create,
-                          void *arg, void **actual, bool *loaded)
+/* The miss path of load_or_create, out of line so that the hit path stays a
+ * small leaf.  Called inside the caller's guard, which it closes. */
+static __attribute__((noinline)) int create_slow(xs_map *m, uint64_t h, const void *key,
+                                                 size_t len, xs_map_create_fn create,
+                                                 void *arg, void **actual, bool *loaded,
+                                                 entry *e, void *v)
 {
-    if (!m || !valid_key(key, len) || !create)
-        return XS_EINVAL;
-    uint64_t h = hash_of(m, key, len);
-    int rc = xs__ebr_enter();
-    if (rc)
-        return rc;
-    void *v;
-    entry *e = find(m, h, key, len, &v);
-    if (XS_LIKELY(e && v != PENDING)) {
-        xs__ebr_leave();
-        if (actual)
-            *actual = v;
-        if (loaded)
-            *loaded = true;
-        return 0;
-    }
     entry *fresh = NULL;
+    int rc;
     for (;;) {
         if (e && v == PENDING) {
             rc = wait_pending(e);
@@ -1102,6 +1091,27 @@ int xs_map_load_or_create(xs_map *m, const void *key, size_t len, xs_map_create_
         free_entry_now(m, fresh);
     xs__ebr_leave();
     return rc;
+}
+
+int xs_map_load_or_create(xs_map *m, const void *key, size_t len, xs_map_create_fn create,
+                          void *arg, void **actual, bool *loaded)
+{
+    if (!m || !valid_key(key, len) || !create)
+        return XS_EINVAL;
+    uint64_t h = hash_of(m, key, len);
+    int rc = xs__ebr_enter();
+    if (rc)
+        return rc;
+    void *v = NULL;
+    entry *e = find(m, h, key, len, &v);
+    if (XS_UNLIKELY(!e || v == PENDING))
+        return create_slow(m, h, key, len, create, arg, actual, loaded, e, v);
+    xs__ebr_leave();
+    if (actual)
+        *actual = v;
+    if (loaded)
+        *loaded = true;
+    return 0;
 }
 
 /* Turns the key's value word into DELETED if `match` accepts it. */
