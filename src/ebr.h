@@ -95,6 +95,21 @@ extern _Thread_local xs__ebr_rec *xs__ebr_self __attribute__((tls_model("initial
 /* Registers the calling thread; NULL if out of memory. */
 xs__ebr_rec *xs__ebr_register(void);
 
+/* Announces the thread inside a guard (the outermost enter, nest now 1). */
+static inline void xs__ebr_publish(xs__ebr_rec *r)
+{
+    uint64_t e = atomic_load_explicit(&xs__ebr_global, memory_order_relaxed);
+    /* Release: a reclaimer that reads this value also sees everything this
+     * thread did before (its earlier guards' accesses). */
+    atomic_store_explicit(&r->epoch, 2 * e + 1, memory_order_release);
+    /* The announcement must be visible before any pointer load that
+     * follows; see the file comment for who pays for the barrier. */
+    if (xs__ebr_reader_fence)
+        XS__EBR_FENCE();
+    else
+        atomic_signal_fence(memory_order_seq_cst);
+}
+
 /*
  * Opens a guard (nestable).  Until the matching leave, nothing retired after
  * this point is freed.  Returns 0, or XS_ENOMEM when the thread's record
@@ -105,18 +120,8 @@ static inline int xs__ebr_enter(void)
     xs__ebr_rec *r = xs__ebr_self;
     if (__builtin_expect(r == NULL, 0) && (r = xs__ebr_register()) == NULL)
         return XS_ENOMEM;
-    if (r->nest++ == 0) {
-        uint64_t e = atomic_load_explicit(&xs__ebr_global, memory_order_relaxed);
-        /* Release: a reclaimer that reads this value also sees everything this
-         * thread did before (its earlier guards' accesses). */
-        atomic_store_explicit(&r->epoch, 2 * e + 1, memory_order_release);
-        /* The announcement must be visible before any pointer load that
-         * follows; see the file comment for who pays for the barrier. */
-        if (xs__ebr_reader_fence)
-            XS__EBR_FENCE();
-        else
-            atomic_signal_fence(memory_order_seq_cst);
-    }
+    if (r->nest++ == 0)
+        xs__ebr_publish(r);
     return 0;
 }
 

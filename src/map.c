@@ -373,11 +373,52 @@ chain_find(table *t, uint64_t h, const void *key, size_t len, void **vout, bool 
     }
 }
 
-static inline entry *find(xs_map *m, uint64_t h, const void *key, size_t len, void **vout)
+/*
+ * The common case (no resize in progress, the key in its head bucket under
+ * its tag), without calls; NULL means "not found here", not "absent".  Slots
+ * of a moved bucket must never be read (an entry unlinked from the next
+ * table may be freed while the moved bucket still points at it), hence the
+ * MOVED test even when no resize was seen an instant before.
+ */
+static inline entry *find_fast(xs_map *m, uint64_t h, const void *key, size_t len, void **vout)
 {
     /* Acquire: the table's buckets are initialised. */
     table *t = atomic_load_explicit(&m->table, memory_order_acquire);
+    /* Acquire: as in chain_find (a resize in progress takes the slow path,
+     * which can skip moved buckets without reading them). */
+    if (XS_LIKELY(atomic_load_explicit(&t->next, memory_order_acquire) == NULL)) {
+        bucket *b = &t->b[h & t->mask];
+        /* Acquire: as in chain_find. */
+        uint64_t meta = atomic_load_explicit(&b->meta, memory_order_acquire);
+        uint64_t bits = (meta & MOVED) ? 0 : match_tag(meta, tag_of(h));
+        if (XS_LIKELY(bits != 0)) {
+            int i = __builtin_ctzll(bits) >> 3;
+            entry *e = atomic_load_explicit(&b->slot[i], memory_order_acquire);
+            if (XS_LIKELY(e && same_key(e, key, len))) {
+                void *v = atomic_load_explicit(&e->value, memory_order_acquire);
+                if (XS_LIKELY(v != DELETED)) {
+                    *vout = v;
+                    return e;
+                }
+            }
+        }
+    }
+    return NULL;
+}
+
+static __attribute__((noinline)) entry *find_slow(table *t, uint64_t h, const void *key,
+                                                  size_t len, void **vout)
+{
     return chain_find(t, h, key, len, vout, true);
+}
+
+/* The entry for the key (live or PENDING) or NULL.  The caller holds a guard. */
+static inline entry *find(xs_map *m, uint64_t h, const void *key, size_t len, void **vout)
+{
+    entry *e = find_fast(m, h, key, len, vout);
+    if (XS_LIKELY(e != NULL))
+        return e;
+    return find_slow(atomic_load_explicit(&m->table, memory_order_acquire), h, key, len, vout);
 }
 
 /* ---- locked chain edits ---- */
@@ -1093,20 +1134,48 @@ static __attribute__((noinline)) int create_slow(xs_map *m, uint64_t h, const vo
     return rc;
 }
 
-int xs_map_load_or_create(xs_map *m, const void *key, size_t len, xs_map_create_fn create,
-                          void *arg, void **actual, bool *loaded)
+/* load_or_create from the start: any hash, any state of the map. */
+static __attribute__((noinline)) int load_or_create_full(xs_map *m, const void *key, size_t len,
+                                                         xs_map_create_fn create, void *arg,
+                                                         void **actual, bool *loaded)
 {
-    if (!m || !valid_key(key, len) || !create)
-        return XS_EINVAL;
     uint64_t h = hash_of(m, key, len);
     int rc = xs__ebr_enter();
     if (rc)
         return rc;
     void *v = NULL;
     entry *e = find(m, h, key, len, &v);
-    if (XS_UNLIKELY(!e || v == PENDING))
+    if (!e || v == PENDING)
         return create_slow(m, h, key, len, create, arg, actual, loaded, e, v);
     xs__ebr_leave();
+    if (actual)
+        *actual = v;
+    if (loaded)
+        *loaded = true;
+    return 0;
+}
+
+/*
+ * The hit, as a leaf: the built-in hash, the guard and a head-bucket probe,
+ * all inline, with no call that would make the compiler save registers.
+ * Anything else starts over out of line.
+ */
+int xs_map_load_or_create(xs_map *m, const void *key, size_t len, xs_map_create_fn create,
+                          void *arg, void **actual, bool *loaded)
+{
+    if (!m || !valid_key(key, len) || !create)
+        return XS_EINVAL;
+    xs__ebr_rec *r = xs__ebr_self;
+    if (XS_UNLIKELY(m->hash != NULL || r == NULL))
+        return load_or_create_full(m, key, len, create, arg, actual, loaded);
+    uint64_t h = xs__hash(&m->hkey, key, len);
+    if (r->nest++ == 0)
+        xs__ebr_publish(r);
+    void *v;
+    entry *e = find_fast(m, h, key, len, &v);
+    xs__ebr_leave();
+    if (XS_UNLIKELY(e == NULL || v == PENDING))
+        return load_or_create_full(m, key, len, create, arg, actual, loaded);
     if (actual)
         *actual = v;
     if (loaded)
