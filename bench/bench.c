@@ -151,39 +151,102 @@ static int64_t now_ns(void)
 }
 
 /*
- * Counting allocators live for the whole process: objects created during a
- * run keep the allocator they were created with, possibly past the run (a
- * cached object, a background thread), so a counter is never freed or
- * re-initialised.  Normally there is exactly one, wrapping the default seen at
- * the first run; another is made only if something changed the default.
- * Results use deltas, so counts never need resetting.
+ * Allocation counting.  Each thread counts in a slot of its own (a relaxed
+ * load and store on its own cache line, no read-modify-write), so counting
+ * does not serialise parallel benchmarks the way one shared counter would;
+ * totals are sums over every thread's slot.  Slots and counting allocators
+ * live for the whole process: objects created during a run keep the
+ * allocator they were created with, possibly past the run, so a counter is
+ * never freed.  Normally there is exactly one counting allocator, wrapping
+ * the default seen at the first run.  Results use deltas of the totals.
  */
-typedef struct counter_node {
-    xs_alloc_counter c;
-    const xs_allocator *wraps;
-    struct counter_node *next;
-} counter_node;
+typedef struct slot {
+    _Atomic int64_t allocs, bytes;
+    struct slot *next;
+} __attribute__((aligned(64))) slot;
 
-static counter_node *g_counters;
+static _Atomic(slot *) g_slots;
+static _Thread_local slot *tl_slot;
 
-static xs_alloc_counter *counter_wrapping(const xs_allocator *inner)
+static slot *my_slot(void)
 {
-    for (counter_node *n = g_counters; n; n = n->next)
-        if (n->wraps == inner || &n->c.allocator == inner)
-            return &n->c;
-    counter_node *n = calloc(1, sizeof *n);
-    if (!n)
-        return NULL;
-    xs_alloc_counter_init(&n->c, inner);
-    n->wraps = inner;
-    n->next = g_counters;
-    g_counters = n;
-    return &n->c;
+    if (!tl_slot) {
+        slot *s = aligned_alloc(64, sizeof *s);
+        if (!s)
+            return NULL;
+        memset(s, 0, sizeof *s);
+        s->next = atomic_load_explicit(&g_slots, memory_order_relaxed);
+        /* Release: a reader walking the list sees the slot initialised. */
+        while (!atomic_compare_exchange_weak_explicit(&g_slots, &s->next, s, memory_order_release,
+                                                      memory_order_relaxed))
+            ;
+        tl_slot = s;
+    }
+    return tl_slot;
 }
 
-static int64_t load64(_Atomic int64_t *p)
+static void bump(_Atomic int64_t *v, int64_t d)
 {
-    return atomic_load_explicit(p, memory_order_relaxed);
+    /* Only this thread writes its slot: no RMW needed. */
+    atomic_store_explicit(v, atomic_load_explicit(v, memory_order_relaxed) + d,
+                          memory_order_relaxed);
+}
+
+typedef struct counter {
+    xs_allocator allocator;
+    const xs_allocator *inner;
+    struct counter *next;
+} counter;
+
+static void *count_alloc(void *state, size_t size)
+{
+    counter *c = state;
+    void *p = c->inner->alloc(c->inner->state, size);
+    slot *s = p ? my_slot() : NULL;
+    if (s) {
+        bump(&s->allocs, 1);
+        bump(&s->bytes, (int64_t)size);
+    }
+    return p;
+}
+
+static void count_free(void *state, void *ptr, size_t size)
+{
+    counter *c = state;
+    c->inner->free(c->inner->state, ptr, size);
+}
+
+static counter *g_counters;
+
+static counter *counter_wrapping(const xs_allocator *inner)
+{
+    for (counter *n = g_counters; n; n = n->next)
+        if (n->inner == inner || &n->allocator == inner)
+            return n;
+    counter *n = calloc(1, sizeof *n);
+    if (!n)
+        return NULL;
+    n->allocator = (xs_allocator){count_alloc, count_free, n};
+    n->inner = inner;
+    n->next = g_counters;
+    g_counters = n;
+    return n;
+}
+
+static int64_t total_allocs(void)
+{
+    int64_t t = 0;
+    for (slot *s = atomic_load_explicit(&g_slots, memory_order_acquire); s; s = s->next)
+        t += atomic_load_explicit(&s->allocs, memory_order_relaxed);
+    return t;
+}
+
+static int64_t total_bytes(void)
+{
+    int64_t t = 0;
+    for (slot *s = atomic_load_explicit(&g_slots, memory_order_acquire); s; s = s->next)
+        t += atomic_load_explicit(&s->bytes, memory_order_relaxed);
+    return t;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -199,7 +262,7 @@ struct xs_bench {
     bool timer_on;
     int64_t start_ns;
     int64_t duration_ns;       /* accumulated while the timer was on */
-    xs_alloc_counter *ctr;     /* installed as the default during a run */
+    counter *ctr;              /* installed as the default during a run */
     int64_t start_allocs, start_bytes;
     int64_t net_allocs, net_bytes;
     int64_t bytes_per_op;
@@ -299,8 +362,8 @@ static void timer_start(xs_bench *b)
     if (b->timer_on)
         return;
     if (b->ctr) {
-        b->start_allocs = load64(&b->ctr->allocs);
-        b->start_bytes = load64(&b->ctr->bytes);
+        b->start_allocs = total_allocs();
+        b->start_bytes = total_bytes();
     }
     b->start_ns = now_ns();
     b->timer_on = true;
@@ -312,8 +375,8 @@ static void timer_stop(xs_bench *b)
         return;
     b->duration_ns += now_ns() - b->start_ns;
     if (b->ctr) {
-        b->net_allocs += load64(&b->ctr->allocs) - b->start_allocs;
-        b->net_bytes += load64(&b->ctr->bytes) - b->start_bytes;
+        b->net_allocs += total_allocs() - b->start_allocs;
+        b->net_bytes += total_bytes() - b->start_bytes;
     }
     b->timer_on = false;
 }
@@ -322,8 +385,8 @@ static void timer_reset(xs_bench *b)
 {
     if (b->timer_on) {
         if (b->ctr) {
-            b->start_allocs = load64(&b->ctr->allocs);
-            b->start_bytes = load64(&b->ctr->bytes);
+            b->start_allocs = total_allocs();
+            b->start_bytes = total_bytes();
         }
         b->start_ns = now_ns();
     }
@@ -497,8 +560,8 @@ void xs_bench_run_parallel(xs_bench *b, void (*body)(xs_bench_pb *pb, void *arg)
 
     int64_t allocs0 = 0, bytes0 = 0;
     if (b->ctr) {
-        allocs0 = load64(&b->ctr->allocs);
-        bytes0 = load64(&b->ctr->bytes);
+        allocs0 = total_allocs();
+        bytes0 = total_bytes();
     }
     pthread_mutex_lock(&s.mu);
     s.go = true;
@@ -511,8 +574,8 @@ void xs_bench_run_parallel(xs_bench *b, void (*body)(xs_bench_pb *pb, void *arg)
         if (started > 0 && t1 >= t0)
             b->duration_ns += t1 - t0;
         if (b->ctr) {
-            b->net_allocs += load64(&b->ctr->allocs) - allocs0;
-            b->net_bytes += load64(&b->ctr->bytes) - bytes0;
+            b->net_allocs += total_allocs() - allocs0;
+            b->net_bytes += total_bytes() - bytes0;
         }
         timer_start(b);
     }

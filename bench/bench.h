@@ -28,7 +28,7 @@
  * XS_BENCH_REGISTRATIONS block with xs_bench_registerf.
  *
  * Allocation counting: during every run the harness installs a counting
- * allocator (xs_alloc_counter) as the process-wide default, so objects created
+ * allocator (per-thread counters) as the process-wide default, so objects created
  * with a NULL allocator inside the benchmark are counted in B/op and
  * allocs/op.  Objects created before the run keep the allocator they were
  * created with and are not counted.

@@ -6,10 +6,9 @@
  * ancestor ("canceler"), so done checks are two loads wherever they start.
  *
  * Locking: each cancellable node has a lock guarding its children list, its
- * after-functions, its fd and its waiter count.  Cancellation holds a node's
- * lock while it cancels the children (parent lock, then child lock: the only
- * nesting), so a node can never be reached by a cancellation once it has
- * unlinked itself.  Clock locks are leaves under node locks.
+ * after-functions, its waiters and its fd.  Locks nest only parent before
+ * child, along one path, during cancellation (see cancel_node); everything
+ * else takes one node lock at a time.  The clock's lock is a leaf.
  *
  * Lifetimes: `refs` counts user references; when it reaches zero a
  * cancellable node is cancelled and detached, even if it has children (they
@@ -55,15 +54,16 @@ struct xs_ctx {
     uint32_t waiters;            /* threads in xs_ctx_wait; under lock */
     int64_t deadline;            /* effective deadline (own or inherited) */
     xs_clock *dl_clock;          /* the clock `deadline` is on */
-    int dl_cause;
+    int dl_cause;                /* the cause `deadline` ends us with */
     xs_ctx *link_parent;         /* canceler we are registered with */
     /* In link_parent->kids.  Set true at creation; set false under
      * link_parent's lock, with release, once the parent will not touch this
      * node again; so an acquire load that sees false needs no lock. */
     _Atomic bool linked;
-    xs_ctx *kids, *prev, *next;  /* children list (ours), sibling links (in link_parent's) */
-    xs_ctx_after *afters;
-    xs__ctx_waiter *watches;      /* library waiters (context_internal.h) */
+    xs__dnode *kids;             /* our children (their `sib` nodes) */
+    xs__dnode sib;               /* in link_parent->kids; then a work-list link */
+    xs__dnode *afters;
+    xs__dnode *watches;      /* library waiters (context_internal.h) */
     int fd_read, fd_write;
     bool timer_armed;            /* written only at creation */
     xs__timer timer;
@@ -73,7 +73,7 @@ struct xs_ctx_after {
     void (*fn)(void *arg);
     void *arg;
     xs_ctx *owner;               /* the canceler it is registered with, or NULL */
-    xs_ctx_after *prev, *next;   /* in owner->afters (under its lock); fire list */
+    xs__dnode link;              /* in owner->afters (under its lock), then a fire list */
     bool armed;                  /* under owner->lock (no owner: "can never run") */
     _Atomic int refs;            /* 1 for the list or the run, 1 for the handle */
     const xs_allocator *alloc;
@@ -109,24 +109,39 @@ static void *after_thread(void *arg)
     return NULL;
 }
 
-static void fire(xs_ctx_after *h)
+static bool spawn_detached(void *(*fn)(void *), void *arg)
 {
     pthread_t th;
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&th, &attr, after_thread, h) != 0)
-        after_thread(h); /* documented fallback: run in the cancelling thread */
+    bool ok = pthread_create(&th, &attr, fn, arg) == 0;
     pthread_attr_destroy(&attr);
+    return ok;
 }
 
-static void fire_all(xs_ctx_after *list)
+static void fire(xs_ctx_after *h)
 {
-    while (list) {
-        xs_ctx_after *next = list->next;
-        fire(list);
-        list = next;
+    if (!spawn_detached(after_thread, h))
+        after_thread(h); /* documented fallback: run in the calling thread */
+}
+
+static void *fire_each(void *list)
+{
+    for (xs__dnode *n = list, *next; n; n = next) {
+        next = n->next;
+        fire(XS_CONTAINER_OF(n, xs_ctx_after, link));
     }
+    return NULL;
+}
+
+/* Starts a thread per after-function.  Several are started from a thread of
+ * their own, so a cancelling thread (or the timer thread, which every
+ * deadline waits on) pays for one thread creation, not one per function. */
+static void fire_all(xs__dnode *list)
+{
+    if (list && (!list->next || !spawn_detached(fire_each, list)))
+        fire_each(list);
 }
 
 /* ---- cancellation ---- */
@@ -144,10 +159,10 @@ static void signal_fd(xs_ctx *c)
 }
 
 /*
- * Ends c and, recursively, its children.  c->lock is held and c is live.
- * After-functions are moved to *fire_list to run once every lock is dropped.
+ * Ends c: c->lock is held and c is live.  Its after-functions go to
+ * *fire_list, to run once no lock is held; its children are the caller's.
  */
-static void cancel_locked(xs_ctx *c, uint32_t st, int cause, xs_ctx_after **fire_list)
+static void end_locked(xs_ctx *c, uint32_t st, int cause, xs__dnode **fire_list)
 {
     c->cause = cause;
     atomic_store_explicit(&c->state, st, memory_order_release);
@@ -155,32 +170,22 @@ static void cancel_locked(xs_ctx *c, uint32_t st, int cause, xs_ctx_after **fire
         signal_fd(c);
     if (c->waiters)
         xs__park_wake(&c->state, INT32_MAX);
-    for (xs_ctx_after *h = c->afters, *next; h; h = next) {
-        next = h->next;
-        h->armed = false;
-        h->next = *fire_list;
-        *fire_list = h;
+    for (xs__dnode *n = c->afters, *next; n; n = next) {
+        next = n->next;
+        XS_CONTAINER_OF(n, xs_ctx_after, link)->armed = false;
+        n->next = *fire_list;
+        *fire_list = n;
     }
     c->afters = NULL;
-    for (xs__ctx_waiter *w = c->watches, *next; w; w = next) {
-        next = w->next;
+    for (xs__dnode *n = c->watches, *next; n; n = next) {
+        next = n->next;
+        xs__ctx_waiter *w = XS_CONTAINER_OF(n, xs__ctx_waiter, link);
         w->armed = false;
         w->fn(w);
     }
     c->watches = NULL;
     if (c->timer_armed)
         xs__timer_del(c->clock, &c->timer, false);
-    xs_ctx *kid = c->kids, *next;
-    c->kids = NULL;
-    for (; kid; kid = next) {
-        next = kid->next;
-        xs__lock_acquire(&kid->lock);
-        if (atomic_load_explicit(&kid->state, memory_order_relaxed) == 0)
-            cancel_locked(kid, st, cause, fire_list);
-        xs__lock_release(&kid->lock);
-        /* Last touch of kid: from here its owner may free it. */
-        atomic_store_explicit(&kid->linked, false, memory_order_release);
-    }
 }
 
 static void unlink_from_parent(xs_ctx *c)
@@ -190,27 +195,56 @@ static void unlink_from_parent(xs_ctx *c)
     xs_ctx *p = c->link_parent;
     xs__lock_acquire(&p->lock);
     if (atomic_load_explicit(&c->linked, memory_order_relaxed)) {
-        if (c->prev)
-            c->prev->next = c->next;
-        else
-            p->kids = c->next;
-        if (c->next)
-            c->next->prev = c->prev;
+        xs__dremove(&p->kids, &c->sib);
         atomic_store_explicit(&c->linked, false, memory_order_relaxed);
     }
     xs__lock_release(&p->lock);
 }
 
-/* Cancels c (if live) and detaches it from its parent. */
+static inline bool live(const xs_ctx *c)
+{
+    return atomic_load_explicit(&c->state, memory_order_relaxed) == 0;
+}
+
+/*
+ * Ends c (if live) and every descendant, then detaches c from its parent.
+ * The walk is depth-first with lock coupling and no recursion: a node stays
+ * locked until its whole subtree has ended, so whoever takes a node's lock
+ * and finds it done also finds its subtree done (a second cancel returns
+ * only once the first has finished), and a linked child cannot be freed
+ * under us (its owner needs our lock to unlink it).
+ */
 static void cancel_node(xs_ctx *c, uint32_t st, int cause)
 {
-    xs_ctx_after *fire_list = NULL;
+    xs__dnode *fire_list = NULL;
+    xs_ctx *n = c;
     xs__lock_acquire(&c->lock);
-    if (atomic_load_explicit(&c->state, memory_order_relaxed) == 0)
-        cancel_locked(c, st, cause, &fire_list);
+    if (live(c))
+        end_locked(c, st, cause, &fire_list);
+    for (;;) {
+        if (n->kids) { /* descend into the first child, keeping n locked */
+            xs_ctx *kid = XS_CONTAINER_OF(n->kids, xs_ctx, sib);
+            xs__lock_acquire(&kid->lock);
+            xs__dremove(&n->kids, &kid->sib);
+            /* A child already done was ended by its own cancel or release,
+             * which came first; its subtree is done too. */
+            if (live(kid))
+                end_locked(kid, st, cause, &fire_list);
+            n = kid;
+            continue;
+        }
+        if (n == c)
+            break;
+        xs_ctx *p = n->link_parent;
+        xs__lock_release(&n->lock);
+        /* The last touch of n: its owner may free it once it sees this (we
+         * still hold p, which its unlink would take). */
+        atomic_store_explicit(&n->linked, false, memory_order_release);
+        n = p;
+    }
     xs__lock_release(&c->lock);
-    fire_all(fire_list);
     unlink_from_parent(c);
+    fire_all(fire_list); /* last: an after-function may free c */
 }
 
 static void on_deadline(xs__timer *t)
@@ -293,7 +327,7 @@ static int new_cancel(xs_ctx *parent, int64_t deadline, int dl_cause, xs_ctx **o
     c->waiters = 0;
     c->link_parent = NULL;
     atomic_init(&c->linked, false);
-    c->kids = c->prev = c->next = NULL;
+    c->kids = NULL;
     c->afters = NULL;
     c->watches = NULL;
     c->fd_read = c->fd_write = -1;
@@ -301,7 +335,9 @@ static int new_cancel(xs_ctx *parent, int64_t deadline, int dl_cause, xs_ctx **o
     xs_ctx *p = parent->canceler;
     c->deadline = p ? p->deadline : XS_FOREVER;
     c->dl_clock = p ? p->dl_clock : NULL;
-    bool own = deadline != XS_FOREVER && !(c->dl_clock == c->clock && c->deadline <= deadline);
+    c->dl_cause = p ? p->dl_cause : XS_EDEADLINE;
+    /* Go's rule: only a parent deadline strictly earlier makes ours moot. */
+    bool own = deadline != XS_FOREVER && !(c->dl_clock == c->clock && c->deadline < deadline);
     if (own) {
         c->deadline = deadline;
         c->dl_clock = c->clock;
@@ -309,8 +345,10 @@ static int new_cancel(xs_ctx *parent, int64_t deadline, int dl_cause, xs_ctx **o
     }
 
     /* Decided before c becomes visible to the parent's cancellation, which
-     * reads timer_armed. */
-    bool expired = own && deadline <= xs_clock_now(c->clock);
+     * reads timer_armed.  An inherited deadline that has passed (its timer
+     * not yet run) also makes c born done: "a past deadline is born done". */
+    bool expired = c->deadline != XS_FOREVER && c->dl_clock == c->clock &&
+                   c->deadline <= xs_clock_now(c->clock);
     c->timer_armed = own && !expired;
     if (c->timer_armed) {
         c->timer.when = deadline;
@@ -326,10 +364,7 @@ static int new_cancel(xs_ctx *parent, int64_t deadline, int dl_cause, xs_ctx **o
             c->cause = p->cause;
         } else if (!expired) {
             c->link_parent = p;
-            c->next = p->kids;
-            if (p->kids)
-                p->kids->prev = c;
-            p->kids = c;
+            xs__dpush(&p->kids, &c->sib);
             atomic_store_explicit(&c->linked, true, memory_order_relaxed);
         }
         xs__lock_release(&p->lock);
@@ -345,7 +380,7 @@ static int new_cancel(xs_ctx *parent, int64_t deadline, int dl_cause, xs_ctx **o
         int r = xs__timer_add(c->clock, &c->timer);
         if (r) {
             unlink_from_parent(c); /* after this the parent never touches c */
-            put_mem(destroy(c));
+            put_mem(c);
             return r;
         }
     }
@@ -431,11 +466,10 @@ void xs_ctx_release(xs_ctx *c)
         atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1)
         return;
     if (c->kind == K_CANCEL) {
-        if (atomic_load_explicit(&c->state, memory_order_acquire) == 0)
-            cancel_node(c, (uint32_t)-XS_ECANCELED, XS_ECANCELED);
-        else
-            unlink_from_parent(c);
-        if (c->timer_armed) /* wait out a deadline callback still running */
+        /* Ends it if live; if not, waits out a cancellation still walking
+         * its subtree; either way detaches it. */
+        cancel_node(c, (uint32_t)-XS_ECANCELED, XS_ECANCELED);
+        if (c->timer_armed) /* and a deadline callback still running */
             xs__timer_del(c->clock, &c->timer, true);
     }
     put_mem(c);
@@ -544,7 +578,6 @@ int xs_ctx_after_func(xs_ctx *ctx, void (*fn)(void *arg), void *arg, xs_ctx_afte
     h->fn = fn;
     h->arg = arg;
     h->owner = NULL;
-    h->prev = h->next = NULL;
     h->alloc = a;
     if (!c) {
         h->armed = true; /* never runs; stop reports it stopped */
@@ -559,10 +592,7 @@ int xs_ctx_after_func(xs_ctx *ctx, void (*fn)(void *arg), void *arg, xs_ctx_afte
     h->armed = armed;
     if (armed) {
         h->owner = c;
-        h->next = c->afters;
-        if (c->afters)
-            c->afters->prev = h;
-        c->afters = h;
+        xs__dpush(&c->afters, &h->link);
         if (stop) /* we hold a user reference, so mrefs >= 1 already */
             atomic_fetch_add_explicit(&c->mrefs, 1, memory_order_relaxed);
     }
@@ -584,12 +614,7 @@ bool xs_ctx_after_stop(xs_ctx_after *h)
         xs__lock_acquire(&c->lock);
         stopped = h->armed;
         if (stopped) {
-            if (h->prev)
-                h->prev->next = h->next;
-            else
-                c->afters = h->next;
-            if (h->next)
-                h->next->prev = h->prev;
+            xs__dremove(&c->afters, &h->link);
             h->armed = false;
         }
         xs__lock_release(&c->lock);
@@ -609,17 +634,13 @@ bool xs__ctx_watch(xs_ctx *ctx, xs__ctx_waiter *w)
 {
     xs_ctx *c = ctx->canceler;
     w->armed = false;
-    w->prev = w->next = NULL;
     if (!c)
         return true;
     xs__lock_acquire(&c->lock);
     bool live = atomic_load_explicit(&c->state, memory_order_relaxed) == 0;
     if (live) {
         w->armed = true;
-        w->next = c->watches;
-        if (c->watches)
-            c->watches->prev = w;
-        c->watches = w;
+        xs__dpush(&c->watches, &w->link);
     }
     xs__lock_release(&c->lock);
     return live;
@@ -634,12 +655,7 @@ bool xs__ctx_unwatch(xs_ctx *ctx, xs__ctx_waiter *w)
     xs__lock_acquire(&c->lock);
     bool was = w->armed;
     if (was) {
-        if (w->prev)
-            w->prev->next = w->next;
-        else
-            c->watches = w->next;
-        if (w->next)
-            w->next->prev = w->prev;
+        xs__dremove(&c->watches, &w->link);
         w->armed = false;
     }
     xs__lock_release(&c->lock);

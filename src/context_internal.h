@@ -14,9 +14,11 @@
 
 #include <xsync/context.h>
 
+#include "internal.h"
+
 typedef struct xs__ctx_waiter {
     void (*fn)(struct xs__ctx_waiter *w);
-    struct xs__ctx_waiter *prev, *next; /* private */
+    xs__dnode link;                    /* private */
     bool armed;                        /* private */
 } xs__ctx_waiter;
 

@@ -29,4 +29,29 @@ static inline int64_t xs__add_sat(int64_t a, int64_t b)
     return r;
 }
 
+/* An intrusive doubly linked list: a node embedded in each element, the
+ * list a pointer to the first node.  The caller provides the locking. */
+typedef struct xs__dnode {
+    struct xs__dnode *prev, *next;
+} xs__dnode;
+
+static inline void xs__dpush(xs__dnode **head, xs__dnode *n)
+{
+    n->prev = NULL;
+    n->next = *head;
+    if (*head)
+        (*head)->prev = n;
+    *head = n;
+}
+
+static inline void xs__dremove(xs__dnode **head, xs__dnode *n)
+{
+    if (n->prev)
+        n->prev->next = n->next;
+    else
+        *head = n->next;
+    if (n->next)
+        n->next->prev = n->prev;
+}
+
 #endif

@@ -18,7 +18,13 @@ struct xs_clock {
     xs__timer **heap;              /* the heap array is process-internal: libc */
     size_t len, cap;
     xs__timer *running;            /* callback in progress, or NULL */
+    size_t owners;                 /* timers added and not yet deleted as final */
     bool thread_started;
+    /* System clock: the time its thread sleeps until (XS_FOREVER: no timer),
+     * or INT64_MIN while it is awake and will look at the heap again.  An
+     * add wakes it only for a timer earlier than that, so arming timers
+     * later than the earliest costs no wake-up. */
+    int64_t sleep_until;
 };
 
 /* Which clock's callback this thread is running, so a callback that deletes
@@ -42,9 +48,52 @@ static void init_conds(xs_clock *c)
     pthread_condattr_destroy(&attr);
 }
 
+static void *timer_thread(void *arg);
+
+/* Starts the system clock's thread; c->mu is held. */
+static int start_thread(xs_clock *c)
+{
+    c->sleep_until = INT64_MIN; /* it looks at the heap before sleeping */
+    pthread_t th;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int r = pthread_create(&th, &attr, timer_thread, c);
+    pthread_attr_destroy(&attr);
+    c->thread_started = r == 0;
+    return r;
+}
+
+/* fork(): the child inherits the heap but not the thread.  The clock's lock
+ * is held across the fork so the heap is consistent, and the child gets a
+ * fresh lock and thread. */
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&system_clock.mu);
+}
+
+static void fork_parent(void)
+{
+    pthread_mutex_unlock(&system_clock.mu);
+}
+
+static void fork_child(void)
+{
+    xs_clock *c = &system_clock;
+    pthread_mutex_init(&c->mu, NULL);
+    init_conds(c);
+    c->running = NULL;
+    c->thread_started = false;
+    pthread_mutex_lock(&c->mu);
+    if (c->len)
+        start_thread(c); /* on failure, the next xs__timer_add retries */
+    pthread_mutex_unlock(&c->mu);
+}
+
 static void system_init(void)
 {
     init_conds(&system_clock);
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
 }
 
 int64_t xs_now(void)
@@ -149,12 +198,15 @@ static void *timer_thread(void *arg)
         if (t) {
             run_unlocked(c, t);
         } else if (c->len == 0) {
+            c->sleep_until = XS_FOREVER;
             pthread_cond_wait(&c->wake, &c->mu);
         } else {
             int64_t when = c->heap[0]->when;
             struct timespec ts = {when / XS_SEC, when % XS_SEC};
+            c->sleep_until = when;
             pthread_cond_timedwait(&c->wake, &c->mu, &ts);
         }
+        c->sleep_until = INT64_MIN;
     }
     return NULL;
 }
@@ -164,18 +216,9 @@ int xs__timer_add(xs_clock *c, xs__timer *t)
     if (!c->manual)
         pthread_once(&system_once, system_init);
     pthread_mutex_lock(&c->mu);
-    if (!c->manual && !c->thread_started) {
-        pthread_t th;
-        pthread_attr_t attr;
-        pthread_attr_init(&attr);
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        int r = pthread_create(&th, &attr, timer_thread, c);
-        pthread_attr_destroy(&attr);
-        if (r != 0) {
-            pthread_mutex_unlock(&c->mu);
-            return XS_ENOMEM;
-        }
-        c->thread_started = true;
+    if (!c->manual && !c->thread_started && start_thread(c) != 0) {
+        pthread_mutex_unlock(&c->mu);
+        return XS_ENOMEM;
     }
     if (c->len == c->cap) {
         size_t cap = c->cap ? c->cap * 2 : 64;
@@ -189,23 +232,26 @@ int xs__timer_add(xs_clock *c, xs__timer *t)
     }
     heap_set(c, c->len++, t);
     heap_up(c, c->len - 1);
-    if (c->heap[0] == t && !c->manual)
+    c->owners++;
+    if (!c->manual && t->when < c->sleep_until)
         pthread_cond_signal(&c->wake);
     pthread_mutex_unlock(&c->mu);
     return 0;
 }
 
-bool xs__timer_del(xs_clock *c, xs__timer *t, bool sync)
+bool xs__timer_del(xs_clock *c, xs__timer *t, bool final)
 {
     bool removed = false;
     pthread_mutex_lock(&c->mu);
     if (t->slot) {
         heap_remove(c, t);
         removed = true;
-    } else if (sync && firing_clock != c) {
+    } else if (final && firing_clock != c) {
         while (c->running == t)
             pthread_cond_wait(&c->idle, &c->mu);
     }
+    if (final)
+        c->owners--;
     pthread_mutex_unlock(&c->mu);
     return removed;
 }
@@ -252,9 +298,9 @@ int xs_clock_free(xs_clock *c)
     if (!c || !c->manual)
         return 0;
     pthread_mutex_lock(&c->mu);
-    size_t len = c->len;
+    size_t owners = c->owners;
     pthread_mutex_unlock(&c->mu);
-    if (len)
+    if (owners)
         return XS_EBUSY;
     pthread_mutex_destroy(&c->mu);
     pthread_mutex_destroy(&c->advance_mu);

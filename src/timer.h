@@ -25,10 +25,12 @@ int xs__timer_add(xs_clock *c, xs__timer *t);
 
 /*
  * Removes t if it is still queued and returns true.  Otherwise returns false:
- * it has fired or is firing.  With `sync`, also waits until a callback that is
- * running right now on another thread has returned, so the caller may free
- * t; never call with sync while holding a lock the callback takes.
+ * it has fired or is firing.  `final` says the caller is done with t for
+ * good (once per successful add): the call also waits until a callback
+ * running right now on another thread has returned, so t may be freed, and
+ * the clock stops counting t against xs_clock_free.  Never call with final
+ * while holding a lock the callback takes.
  */
-bool xs__timer_del(xs_clock *c, xs__timer *t, bool sync);
+bool xs__timer_del(xs_clock *c, xs__timer *t, bool final);
 
 #endif

@@ -19,7 +19,9 @@
  * itself when none was given.
  *
  * Thread-safety: every function may be called from any thread on any
- * context the caller holds a reference to.  Memory ordering: a thread that
+ * context the caller holds a reference to.  After fork(), the child process
+ * keeps working (deadlines keep firing) as long as no other thread of the
+ * parent was inside a context call at the moment of the fork.  Memory ordering: a thread that
  * observes a context done (through xs_ctx_done, xs_ctx_err, xs_ctx_wait, its
  * fd, or an after-function running) also observes everything the cancelling
  * thread did before it called xs_ctx_cancel.
@@ -109,7 +111,9 @@ XS_API int xs_ctx_cause(const xs_ctx *ctx);
 XS_API bool xs_ctx_done(const xs_ctx *ctx);
 
 /* Stores ctx's deadline in *deadline and returns true, or returns false if
- * it has none (deadline untouched; may be NULL). */
+ * it has none (deadline untouched; may be NULL).  The deadline is on the
+ * clock it was set on: under xs_ctx_with_clock, a deadline inherited from
+ * above the clock context is on the outer clock. */
 XS_API bool xs_ctx_deadline(const xs_ctx *ctx, int64_t *deadline);
 
 /* The clock the context's deadlines are measured on. NULL: the system clock. */
@@ -134,14 +138,17 @@ XS_API int xs_ctx_wait(xs_ctx *ctx, int64_t timeout);
  * it already is; never if ctx can never be done).  If stop is not NULL it
  * receives a handle that must be passed to xs_ctx_after_stop exactly once;
  * pass NULL if you will never stop it.  0, XS_EINVAL (ctx or fn NULL),
- * XS_ENOMEM.  If no thread can be started, fn runs in the cancelling thread.
+ * XS_ENOMEM.  If no thread can be started, fn runs in the thread that
+ * found ctx done (the canceller, the deadline's timer thread, or the
+ * registering thread): keep after-functions short if that matters.
  */
 XS_API int xs_ctx_after_func(xs_ctx *ctx, void (*fn)(void *arg), void *arg, xs_ctx_after **stop);
 
 /*
- * Stops the after-function and frees the handle.  Returns true if this call
- * kept fn from running; false if ctx was already done (fn has started or
- * will start on its own thread).  NULL: false.
+ * Stops the after-function and frees the handle (so a second call on the
+ * same handle is undefined, as for free()).  Returns true if this call kept
+ * fn from running; false if ctx was already done (fn has started or will
+ * start on its own thread).  NULL: false.
  */
 XS_API bool xs_ctx_after_stop(xs_ctx_after *h);
 
@@ -158,7 +165,8 @@ XS_API int xs_ctx_fd(xs_ctx *ctx);
 XS_API xs_ctx *xs_ctx_retain(xs_ctx *ctx);
 
 /* Gives back a reference.  The last one cancels a cancellable context (as
- * xs_ctx_cancel(ctx, 0)), detaches it and frees it.  NULL: no-op. */
+ * xs_ctx_cancel(ctx, 0)), detaches it and frees it.  NULL: no-op.  Giving
+ * back more references than were taken is undefined, as for free(). */
 XS_API void xs_ctx_release(xs_ctx *ctx);
 
 #ifdef __cplusplus

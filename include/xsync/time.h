@@ -53,9 +53,11 @@ XS_API int xs_clock_manual_new(int64_t start, const xs_allocator *alloc, xs_cloc
 XS_API int xs_clock_advance(xs_clock *c, int64_t d);
 
 /*
- * Frees a manual clock.  Everything using it (contexts with deadlines on it)
- * must be released first: while timers are armed it returns XS_EBUSY and
- * frees nothing.  NULL and the system clock: no-op, returns 0.
+ * Frees a manual clock.  Every context that armed a deadline on it must be
+ * released first (cancelling is not enough): until then it returns XS_EBUSY
+ * and frees nothing.  Contexts under xs_ctx_with_clock read the clock when
+ * they derive deadlines, so release them all before freeing it.  NULL and
+ * the system clock: no-op, returns 0.
  */
 XS_API int xs_clock_free(xs_clock *c);
 
