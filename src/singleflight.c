@@ -135,17 +135,27 @@ static const xs_sf_result empty_result = {NULL, 0, false, NULL};
 
 /* ---- reference counts ---- */
 
+/*
+ * Drops one reference from *count; true if it was the last.  A count of 1
+ * seen with acquire is ours alone (counts only grow from a reference the
+ * grower holds), which spares the read-modify-write on the common path.
+ * acq_rel otherwise: the last one sees every other holder's writes.
+ */
+static bool drop_ref(_Atomic int32_t *count)
+{
+    return atomic_load_explicit(count, memory_order_acquire) == 1 ||
+           atomic_fetch_sub_explicit(count, 1, memory_order_acq_rel) == 1;
+}
+
 static void call_mem_put(sf_call *c)
 {
-    /* acq_rel: the freeing thread sees every other holder's last writes. */
-    if (atomic_fetch_sub_explicit(&c->mem, 1, memory_order_acq_rel) == 1)
+    if (drop_ref(&c->mem))
         xs__free(c->alloc, c, sizeof *c + c->keylen);
 }
 
 static void call_holder_put(sf_call *c)
 {
-    /* acq_rel: the destructor sees everything every holder did. */
-    if (atomic_fetch_sub_explicit(&c->holders, 1, memory_order_acq_rel) == 1) {
+    if (drop_ref(&c->holders)) { /* the destructor sees what every holder did */
         if (c->vfree)
             c->vfree(c->value);
         call_mem_put(c);
@@ -176,14 +186,14 @@ static void afters_settled(xs_sf *sf)
 
 /* ---- the table ---- */
 
-static uint64_t hash_of(const xs_sf *sf, const void *key, size_t len)
+static inline uint64_t hash_of(const xs_sf *sf, const void *key, size_t len)
 {
     if (sf->hash)
         return sf->hash(key, len, sf->seed);
     return xs__hash(&sf->hkey, key, len);
 }
 
-static stripe *stripe_of(xs_sf *sf, uint64_t h)
+static inline stripe *stripe_of(xs_sf *sf, uint64_t h)
 {
     return &sf->stripes[h >> STRIPE_SHIFT].s;
 }
@@ -270,6 +280,8 @@ static void probe_fn(xs__ctx_waiter *w)
  */
 static bool ctx_can_end(xs_ctx *ctx)
 {
+    if (ctx == xs_ctx_background())
+        return false;
     xs__ctx_waiter w = {.fn = probe_fn};
     if (!xs__ctx_watch(ctx, &w))
         return true; /* already done */
@@ -298,7 +310,8 @@ static sf_call *call_new(xs_sf *sf, stripe *st, uint64_t h, const void *key, siz
     sf_call *c = xs__alloc(sf->alloc, sizeof *c + len);
     if (!c)
         return NULL;
-    memset(c, 0, sizeof *c);
+    /* Field by field: a memset of the whole struct costs more here. */
+    c->next = NULL;
     c->hash = h;
     c->st = st;
     c->sf = sf;
@@ -306,6 +319,19 @@ static sf_call *call_new(xs_sf *sf, stripe *st, uint64_t h, const void *key, siz
     atomic_init(&c->word, 0);
     atomic_init(&c->holders, 1); /* the runner's */
     atomic_init(&c->mem, 1);     /* all holders' */
+    c->interest = 0;
+    c->sync_joined = 0;
+    c->linked = c->done = c->abandoned = c->leader_in = false;
+    c->recs = NULL;
+    c->fn_ctx = NULL;
+    c->own_ctx = c->ctx_ref = false;
+    c->fn = NULL;
+    c->arg = NULL;
+    c->leader_after = NULL;
+    c->value = NULL;
+    c->vfree = NULL;
+    c->err = 0;
+    c->shared_all = false;
     c->keylen = len;
     if (len)
         memcpy(c->key, key, len);
@@ -401,12 +427,13 @@ static void finish(sf_call *c, void *value, xs_sf_value_free vfree, int err, boo
     atomic_fetch_add_explicit(&c->holders, nsync + nrecs, memory_order_relaxed);
     xs_ctx *fn_ctx = c->fn_ctx;
     c->fn_ctx = NULL;
-    bool wake = c->sync_joined != 0;
+    bool waiters = c->sync_joined != 0; /* only sync waiters read the word */
     xs__lock_release(&st->lock);
-    /* Release: a waiter that sees DONE sees the result written above. */
-    atomic_fetch_or_explicit(&c->word, WORD_DONE, memory_order_release);
-    if (wake)
+    if (waiters) {
+        /* Release: a waiter that sees DONE sees the result written above. */
+        atomic_fetch_or_explicit(&c->word, WORD_DONE, memory_order_release);
         xs__park_wake(&c->word, INT32_MAX);
+    }
     if (c->ctx_ref)
         xs_ctx_release(fn_ctx); /* ends the call's own context */
     /* Settle every watch first, so a callback below may free the group. */
