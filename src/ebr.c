@@ -17,6 +17,9 @@ _Atomic uint64_t xs__ebr_global = 1;
 /* Written once under pthread_once, before any thread enters a guard. */
 bool xs__ebr_reader_fence = true;
 _Thread_local xs__ebr_rec *xs__ebr_self __attribute__((tls_model("initial-exec")));
+#ifdef XS__EBR_TSAN
+_Thread_local _Atomic int xs__ebr_fence_word;
+#endif
 
 /* Every record ever registered; push-only, records are recycled, never freed. */
 static _Atomic(xs__ebr_rec *) records;
@@ -88,7 +91,7 @@ static bool heavy_barrier(void)
     if (use_membarrier)
         return syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) == 0;
 #endif
-    atomic_thread_fence(memory_order_seq_cst);
+    XS__EBR_FENCE();
     return true;
 }
 

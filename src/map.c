@@ -3,7 +3,7 @@
  * per-bucket writer locks, incremental resizing and EBR reclamation.
  *
  * Invariants (the rest of the file relies on them):
- *  - An entry's hash, length and key never change; its value word moves from
+ *  - An entry's length and key never change; its value word moves from
  *    PENDING (a creator is running) or a real value, through real values, to
  *    DELETED, and never leaves DELETED.  At most one entry per key is not
  *    DELETED at any time: inserting happens under the key's bucket lock
@@ -54,16 +54,29 @@ static const char pending_marker, deleted_marker, none_marker;
 #define DELETED ((void *)&deleted_marker)
 #define NONE ((void *)&none_marker)
 
+/*
+ * An entry is one block: the fields only writers use, then what a lookup
+ * reads (value, length, key) contiguous, so that a hit touches as few cache
+ * lines as possible.  Entry pointers point at the second part.  The hash is
+ * not kept (writers that need it recompute it): a short key's entry is one
+ * 64-byte allocation.
+ */
+typedef struct entry_cold {
+    void *dead;              /* the value the killer removed (NONE: none) */
+    xs__ebr_node node;
+} entry_cold;
+
 typedef struct entry {
-    uint64_t hash;
     _Atomic(void *) value;   /* PENDING, a user value, or DELETED */
     uint32_t len;
     _Atomic uint32_t sync;   /* while PENDING: 0, 1 (waiters parked), 2 resolved */
-    uintptr_t owner;         /* while PENDING: the creating thread's token */
-    void *dead;              /* the value the killer removed (NONE: none) */
-    xs__ebr_node node;
     char key[];              /* len bytes, then a NUL */
 } entry;
+
+#define COLD(e) ((entry_cold *)(void *)((char *)(e) - sizeof(entry_cold)))
+#define ENTRY_OF_NODE(n) \
+    ((entry *)(void *)((char *)XS_CONTAINER_OF(n, entry_cold, node) + sizeof(entry_cold)))
+#define ENTRY_SIZE(len) (sizeof(entry_cold) + sizeof(entry) + (len) + 1)
 
 typedef struct bucket {
     _Atomic uint64_t meta;            /* tag byte per slot (0: free); MOVED */
@@ -71,17 +84,21 @@ typedef struct bucket {
     _Atomic(struct bucket *) overflow;
 } bucket;
 
+/* Read-mostly fields first; the migration counters, which movers write,
+ * 64 bytes away so they never share a line with what lookups read.  (No
+ * _Alignas: allocators only promise 16-byte alignment.) */
 typedef struct table {
     size_t mask;                 /* buckets - 1 */
+    bucket *b;                   /* 64-byte aligned inside the block */
     _Atomic(struct table *) next; /* resize or clear target, once started */
+    xs__lock *locks;             /* one per bucket */
+    bool clearing;               /* next is a clear's table: nothing to help */
+    size_t size;                 /* bytes of the block */
+    xs__ebr_node node;
+    char pad_[64];
     _Atomic size_t claim;        /* next bucket index to migrate */
     _Atomic size_t done;         /* buckets migrated */
     _Atomic int retry;           /* a bucket could not move (no memory) */
-    bool clearing;               /* next is a clear's table: nothing to help */
-    xs__lock *locks;             /* one per bucket */
-    bucket *b;                   /* 64-byte aligned inside the block */
-    size_t size;                 /* bytes of the block */
-    xs__ebr_node node;
 } table;
 
 /* A replaced value waiting for its destructor. */
@@ -102,7 +119,8 @@ struct xs_map {
     pthread_mutex_t resize_mu;   /* starting a resize (trylock) and clear */
     xs__ebr_list limbo;
     struct {
-        _Alignas(64) _Atomic int64_t n;
+        _Atomic int64_t n;
+        char pad_[56]; /* one stripe per 64 bytes: writers never share a line */
     } count[STRIPES];
 };
 
@@ -143,15 +161,37 @@ static inline bool valid_key(const void *key, size_t len)
     return (key || len == 0) && len <= XS_MAP_KEY_MAX;
 }
 
-static inline bool same_key(const entry *e, uint64_t h, const void *key, size_t len)
+/* Key equality without a library call for the usual short keys: two
+ * overlapping word loads cover 4 to 16 bytes, within both buffers. */
+static inline bool key_eq(const char *a, const char *b, size_t len)
 {
-    return e->hash == h && e->len == len && (len == 0 || memcmp(e->key, key, len) == 0);
+    if (len >= 8 && len <= 16)
+        return xs__hash_r64((const unsigned char *)a) == xs__hash_r64((const unsigned char *)b) &&
+               xs__hash_r64((const unsigned char *)a + len - 8) ==
+                   xs__hash_r64((const unsigned char *)b + len - 8);
+    if (len >= 4 && len < 8)
+        return xs__hash_r32((const unsigned char *)a) == xs__hash_r32((const unsigned char *)b) &&
+               xs__hash_r32((const unsigned char *)a + len - 4) ==
+                   xs__hash_r32((const unsigned char *)b + len - 4);
+    return len == 0 || memcmp(a, b, len) == 0;
 }
 
-static void count_add(xs_map *m, uint64_t h, int64_t d)
+static inline bool same_key(const entry *e, const void *key, size_t len)
 {
+    return e->len == len && key_eq(e->key, key, len);
+}
+
+static inline uint64_t entry_hash(const xs_map *m, const entry *e)
+{
+    return hash_of(m, e->key, e->len);
+}
+
+/* The calling thread's stripe (it is inside a guard, so it has a record). */
+static void count_add(xs_map *m, int64_t d)
+{
+    size_t stripe = ((uintptr_t)xs__ebr_self >> 6) % STRIPES;
     /* Relaxed: a statistic; len() documents that it is a snapshot. */
-    atomic_fetch_add_explicit(&m->count[(h >> 24) % STRIPES].n, d, memory_order_relaxed);
+    atomic_fetch_add_explicit(&m->count[stripe].n, d, memory_order_relaxed);
 }
 
 static int64_t count_total(const xs_map *m)
@@ -162,24 +202,30 @@ static int64_t count_total(const xs_map *m)
     return n < 0 ? 0 : n;
 }
 
-static inline uintptr_t self_token(void)
-{
-    return (uintptr_t)xs__ebr_self;
-}
+/* The pending entries whose creators run in this thread (innermost
+ * first): a creator that calls back for its own key must not wait for
+ * itself.  Nodes live in run_creator's frames. */
+typedef struct creating {
+    const struct entry *e;
+    struct creating *prev;
+} creating;
+
+static _Thread_local creating *creating_top;
 
 /* ---- reclamation callbacks ---- */
 
 static void free_entry_now(xs_map *m, entry *e)
 {
-    xs__free(m->alloc, e, sizeof *e + e->len + 1);
+    xs__free(m->alloc, COLD(e), ENTRY_SIZE(e->len));
 }
 
 static void reclaim_entry(xs__ebr_node *n, void *ctx)
 {
     xs_map *m = ctx;
-    entry *e = XS_CONTAINER_OF(n, entry, node);
-    if (e->dead != NONE && m->destroy)
-        m->destroy(e->dead, m->destroy_arg);
+    entry *e = ENTRY_OF_NODE(n);
+    void *dead = COLD(e)->dead;
+    if (dead != NONE && m->destroy)
+        m->destroy(dead, m->destroy_arg);
     free_entry_now(m, e);
 }
 
@@ -213,21 +259,21 @@ static void reclaim_table(xs__ebr_node *n, void *ctx)
  * writers reclaim at the end of their operation, in after_write. */
 static void retire_entry(xs_map *m, entry *e)
 {
-    (void)xs__ebr_retire(&m->limbo, &e->node, reclaim_entry);
+    (void)xs__ebr_retire(&m->limbo, &COLD(e)->node, reclaim_entry);
 }
 
 /* Entries unlinked under a lock wait on this list (through their
  * still-unused node link) until the lock is released. */
 static void retire_later(entry **list, entry *e)
 {
-    e->node.next = (xs__ebr_node *)(void *)*list;
+    COLD(e)->node.next = (xs__ebr_node *)(void *)*list;
     *list = e;
 }
 
 static void retire_all(xs_map *m, entry *list)
 {
     while (list) {
-        entry *next = (entry *)(void *)list->node.next;
+        entry *next = (entry *)(void *)COLD(list)->node.next;
         retire_entry(m, list);
         list = next;
     }
@@ -251,17 +297,16 @@ static table *table_new(xs_map *m, size_t nbuckets)
     return t;
 }
 
-static entry *entry_new(xs_map *m, uint64_t h, const void *key, size_t len)
+static entry *entry_new(xs_map *m, const void *key, size_t len)
 {
-    entry *e = xs__alloc(m->alloc, sizeof *e + len + 1);
-    if (!e)
+    char *block = xs__alloc(m->alloc, ENTRY_SIZE(len));
+    if (!block)
         return NULL;
-    e->hash = h;
+    entry *e = (entry *)(void *)(block + sizeof(entry_cold));
     e->len = (uint32_t)len;
     atomic_init(&e->value, NULL);
     atomic_init(&e->sync, 0);
-    e->owner = 0;
-    e->dead = NONE;
+    COLD(e)->dead = NONE;
     if (len)
         memcpy(e->key, key, len);
     e->key[len] = '\0';
@@ -277,8 +322,8 @@ static entry *entry_new(xs_map *m, uint64_t h, const void *key, size_t len)
  * bucket redirects to the next table (readers); without, the caller holds
  * the head's lock and it is not moved.
  */
-static entry *chain_find(table *t, uint64_t h, const void *key, size_t len, void **vout,
-                         bool follow)
+static inline __attribute__((always_inline)) entry *
+chain_find(table *t, uint64_t h, const void *key, size_t len, void **vout, bool follow)
 {
     uint64_t tag = tag_of(h);
     for (;;) {
@@ -297,7 +342,7 @@ static entry *chain_find(table *t, uint64_t h, const void *key, size_t len, void
                 /* Acquire: a slot may be newer than the tag word we read
                  * (reused since); its entry must still be seen initialised. */
                 entry *e = atomic_load_explicit(&b->slot[i], memory_order_acquire);
-                if (e && same_key(e, h, key, len)) {
+                if (e && same_key(e, key, len)) {
                     /* Acquire: pairs with the release that stored the value. */
                     void *v = atomic_load_explicit(&e->value, memory_order_acquire);
                     if (v != DELETED) {
@@ -350,9 +395,8 @@ static inline void unlock_home(table *t, bucket *b)
  * overflow bucket if all are taken.  Returns 0, or XS_ENOMEM with nothing
  * changed.  *deep is set when the chain is getting full (a resize hint).
  */
-static int chain_put(xs_map *m, bucket *b, entry *e, bool *deep)
+static int chain_put(xs_map *m, bucket *b, entry *e, uint64_t tag, bool *deep)
 {
-    uint64_t tag = tag_of(e->hash);
     int depth = 0;
     for (;;) {
         uint64_t meta = atomic_load_explicit(&b->meta, memory_order_relaxed);
@@ -406,9 +450,9 @@ static bool chain_remove(bucket *b, const entry *e)
  */
 static void unlink_dead(xs_map *m, entry *e, void *v)
 {
-    e->dead = v;
+    COLD(e)->dead = v;
     table *t;
-    bucket *b = lock_home(m, e->hash, &t);
+    bucket *b = lock_home(m, entry_hash(m, e), &t);
     bool found = chain_remove(b, e);
     unlock_home(t, b);
     if (found)
@@ -427,8 +471,9 @@ static void resolve(entry *e)
 /* Waits until e's creator finishes.  XS_EBUSY if we are that creator. */
 static int wait_pending(entry *e)
 {
-    if (e->owner == self_token())
-        return XS_EBUSY;
+    for (const creating *c = creating_top; c; c = c->prev)
+        if (c->e == e)
+            return XS_EBUSY;
     uint32_t s = atomic_load_explicit(&e->sync, memory_order_acquire);
     while (s != 2) {
         if (s == 0 &&
@@ -532,9 +577,10 @@ static int migrate_bucket(xs_map *m, table *t, table *n, size_t i)
             }
             /* Entries killed from here on are unlinked by their killers,
              * from n once we are done (they wait for our lock). */
-            size_t j = e->hash & n->mask;
+            uint64_t h = entry_hash(m, e);
+            size_t j = h & n->mask;
             xs__lock_acquire(&n->locks[j]);
-            rc = chain_put(m, &n->b[j], e, NULL);
+            rc = chain_put(m, &n->b[j], e, tag_of(h), NULL);
             xs__lock_release(&n->locks[j]);
         }
     }
@@ -546,7 +592,7 @@ static int migrate_bucket(xs_map *m, table *t, table *n, size_t i)
                 if (!slot_tag(meta, s))
                     continue;
                 entry *e = atomic_load_explicit(&b->slot[s], memory_order_relaxed);
-                size_t j = e->hash & n->mask;
+                size_t j = entry_hash(m, e) & n->mask;
                 xs__lock_acquire(&n->locks[j]);
                 chain_remove(&n->b[j], e);
                 xs__lock_release(&n->locks[j]);
@@ -748,14 +794,13 @@ static int insert_new(xs_map *m, uint64_t h, const void *key, size_t len, void *
                       entry **fresh, entry **out)
 {
     if (!*fresh) {
-        *fresh = entry_new(m, h, key, len);
+        *fresh = entry_new(m, key, len);
         if (!*fresh)
             return XS_ENOMEM;
     }
     entry *e = *fresh;
     /* Relaxed: published by chain_put's release. */
     atomic_store_explicit(&e->value, v, memory_order_relaxed);
-    e->owner = v == PENDING ? self_token() : 0;
     table *t;
     bucket *b = lock_home(m, h, &t);
     void *cur;
@@ -764,14 +809,14 @@ static int insert_new(xs_map *m, uint64_t h, const void *key, size_t len, void *
         return 1;
     }
     bool deep = false;
-    int rc = chain_put(m, b, e, &deep);
+    int rc = chain_put(m, b, e, tag_of(h), &deep);
     unlock_home(t, b);
     if (rc)
         return rc;
     *fresh = NULL;
     *out = e;
     if (v != PENDING)
-        count_add(m, h, 1);
+        count_add(m, 1);
     if (deep)
         maybe_grow(m);
     return 0;
@@ -919,7 +964,10 @@ static int run_creator(xs_map *m, entry *e, const void *key, size_t len,
                        xs_map_create_fn create, void *arg, void **actual)
 {
     void *v = NULL;
+    creating me = {e, creating_top};
+    creating_top = &me;
     int rc = create(key, len, arg, &v);
+    creating_top = me.prev;
     void *expect = PENDING;
     if (rc != 0) {
         /* Nothing stored.  If clear killed e meanwhile it also retired it. */
@@ -935,11 +983,11 @@ static int run_creator(xs_map *m, entry *e, const void *key, size_t len,
     /* Release: whoever loads v sees what the creator did. */
     if (atomic_compare_exchange_strong_explicit(&e->value, &expect, v, memory_order_acq_rel,
                                                 memory_order_acquire)) {
-        count_add(m, e->hash, 1);
+        count_add(m, 1);
     } else {
         /* clear killed e while we created: v was stored, then cleared.  It
          * is destroyed with e, which clear retired (our guard keeps e). */
-        e->dead = v;
+        COLD(e)->dead = v;
     }
     resolve(e);
     *actual = v;
@@ -1032,7 +1080,7 @@ static int remove_key(xs_map *m, const void *key, size_t len, bool match, void *
         }
     }
     if (rc == 0) {
-        count_add(m, h, -1);
+        count_add(m, -1);
         unlink_dead(m, e, cur);
         if (value)
             *value = cur;
@@ -1133,9 +1181,12 @@ static int snap_push(snapbuf *sb, entry *e, void *v)
  * found from table u on: the buckets of u that can hold them, and for moved
  * ones, the next table's, recursively.
  */
-static int collect(table *u, size_t cls, size_t cmask, snapbuf *sb)
+static int collect(const xs_map *m, table *u, size_t cls, size_t cmask, snapbuf *sb)
 {
     size_t first, step, count;
+    /* In a finer (or equal) table a bucket holds only keys of its class; a
+     * coarser one mixes classes and its keys must be sorted out by hash. */
+    bool filter = u->mask < cmask;
     if (u->mask >= cmask) { /* u is finer: the buckets cls + k * (cmask + 1) */
         first = cls;
         step = cmask + 1;
@@ -1152,7 +1203,8 @@ static int collect(table *u, size_t cls, size_t cmask, snapbuf *sb)
         if (meta & MOVED) {
             table *n = atomic_load_explicit(&u->next, memory_order_acquire);
             /* the narrower of the two classes, so nothing is seen twice */
-            int rc = u->mask >= cmask ? collect(n, j, u->mask, sb) : collect(n, cls, cmask, sb);
+            int rc = u->mask >= cmask ? collect(m, n, j, u->mask, sb)
+                                      : collect(m, n, cls, cmask, sb);
             if (rc)
                 return rc;
             continue;
@@ -1163,7 +1215,7 @@ static int collect(table *u, size_t cls, size_t cmask, snapbuf *sb)
                 if (!slot_tag(meta, s))
                     continue;
                 entry *e = atomic_load_explicit(&b->slot[s], memory_order_acquire);
-                if (!e || (e->hash & cmask) != cls)
+                if (!e || (filter && (entry_hash(m, e) & cmask) != cls))
                     continue;
                 void *v = atomic_load_explicit(&e->value, memory_order_acquire);
                 if (v == DELETED || v == PENDING)
@@ -1180,8 +1232,6 @@ static int collect(table *u, size_t cls, size_t cmask, snapbuf *sb)
 static int snap_cmp(const void *pa, const void *pb)
 {
     const entry *a = ((const snap *)pa)->e, *b = ((const snap *)pb)->e;
-    if (a->hash != b->hash)
-        return a->hash < b->hash ? -1 : 1;
     if (a->len != b->len)
         return a->len < b->len ? -1 : 1;
     return memcmp(a->key, b->key, a->len);
@@ -1199,7 +1249,7 @@ int xs_map_range(xs_map *m, xs_map_range_fn fn, void *arg)
     table *t = atomic_load_explicit(&m->table, memory_order_acquire);
     for (size_t i = 0; i <= t->mask && rc == 0; i++) {
         sb.n = 0;
-        rc = collect(t, i, t->mask, &sb);
+        rc = collect(m, t, i, t->mask, &sb);
         if (rc)
             break;
         /* A key deleted and stored again while we read its chain can show
@@ -1281,8 +1331,8 @@ int xs_map_clear(xs_map *m)
                 /* Acq_rel: as any removal. */
                 void *v = atomic_exchange_explicit(&e->value, DELETED, memory_order_acq_rel);
                 if (v != DELETED && v != PENDING) {
-                    e->dead = v;
-                    count_add(m, e->hash, -1);
+                    COLD(e)->dead = v;
+                    count_add(m, -1);
                 }
                 /* DELETED: its killer will not find it linked any more.
                  * PENDING: its creator finds DELETED and leaves its value in

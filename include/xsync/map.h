@@ -249,6 +249,14 @@ XS_API void xs_map_reclaim(xs_map *m);
 XS_API int xs_map_guard_enter(void);
 XS_API int xs_map_guard_leave(void);
 
+/* The wrappers are static inline and may go unused (clang warns about those
+ * in a .c file). */
+#if defined(__GNUC__) || defined(__clang__)
+#define XS_MAP_INLINE_ static inline __attribute__((unused))
+#else
+#define XS_MAP_INLINE_ static inline
+#endif
+
 /*
  * XS_MAP_DECLARE(prefix, value_type) declares `prefix`, a map whose values
  * are `value_type *`, and static inline wrappers with the same contracts:
@@ -277,149 +285,149 @@ XS_API int xs_map_guard_leave(void);
  * and _str variants of load, store, load_or_create and delete taking a
  * NUL-terminated key (NULL: XS_EINVAL).  Passing a value of the wrong type is a compile error.
  */
-#define XS_MAP_DECLARE(prefix, value_type)                                                  \
-    typedef struct prefix prefix;                                                           \
-    typedef int (*prefix##_create_fn)(const void *key, size_t len, void *arg,               \
-                                      value_type **out);                                    \
-    typedef int (*prefix##_range_fn)(const void *key, size_t len, value_type *value,        \
-                                     void *arg);                                            \
-    static inline xs_map *prefix##_map(prefix *m) { return (xs_map *)(void *)m; }          \
-    static inline int prefix##_new(const xs_map_options *opts, prefix **out)               \
-    {                                                                                       \
-        xs_map *m = NULL;                                                                   \
-        int rc = xs_map_new(opts, out ? &m : NULL);                                         \
-        if (rc == 0)                                                                        \
-            *out = (prefix *)(void *)m;                                                     \
-        return rc;                                                                          \
-    }                                                                                       \
-    static inline void prefix##_free(prefix *m) { xs_map_free(prefix##_map(m)); }          \
-    static inline int prefix##_load(prefix *m, const void *key, size_t len,                \
-                                    value_type **value)                                     \
-    {                                                                                       \
-        void *v = NULL;                                                                     \
-        int rc = xs_map_load(prefix##_map(m), key, len, &v);                                \
-        if (rc == 0 && value)                                                               \
-            *value = (value_type *)v;                                                       \
-        return rc;                                                                          \
-    }                                                                                       \
-    static inline int prefix##_store(prefix *m, const void *key, size_t len,               \
-                                     value_type *value)                                     \
-    {                                                                                       \
-        return xs_map_store(prefix##_map(m), key, len, (void *)value);                      \
-    }                                                                                       \
-    static inline int prefix##_load_or_store(prefix *m, const void *key, size_t len,       \
-                                             value_type *value, value_type **actual,       \
-                                             bool *loaded)                                  \
-    {                                                                                       \
-        void *a = NULL;                                                                     \
-        int rc = xs_map_load_or_store(prefix##_map(m), key, len, (void *)value, &a, loaded); \
-        if (rc == 0 && actual)                                                              \
-            *actual = (value_type *)a;                                                      \
-        return rc;                                                                          \
-    }                                                                                       \
-    struct prefix##_create_call_ {                                                          \
-        prefix##_create_fn fn;                                                              \
-        void *arg;                                                                          \
-    };                                                                                      \
-    static inline int prefix##_create_tramp_(const void *key, size_t len, void *arg,       \
-                                             void **out)                                    \
-    {                                                                                       \
-        struct prefix##_create_call_ *c = (struct prefix##_create_call_ *)arg;              \
-        value_type *v = NULL;                                                               \
-        int rc = c->fn(key, len, c->arg, &v);                                               \
-        *out = (void *)v;                                                                   \
-        return rc;                                                                          \
-    }                                                                                       \
-    static inline int prefix##_load_or_create(prefix *m, const void *key, size_t len,      \
-                                              prefix##_create_fn create, void *arg,         \
-                                              value_type **actual, bool *loaded)            \
-    {                                                                                       \
-        struct prefix##_create_call_ c = {create, arg};                                     \
-        void *a = NULL;                                                                     \
-        int rc = xs_map_load_or_create(prefix##_map(m), key, len,                           \
-                                       create ? prefix##_create_tramp_ : NULL, &c, &a,      \
-                                       loaded);                                             \
-        if (rc == 0 && actual)                                                              \
-            *actual = (value_type *)a;                                                      \
-        return rc;                                                                          \
-    }                                                                                       \
-    static inline int prefix##_load_and_delete(prefix *m, const void *key, size_t len,     \
-                                               value_type **value)                          \
-    {                                                                                       \
-        void *v = NULL;                                                                     \
-        int rc = xs_map_load_and_delete(prefix##_map(m), key, len, &v);                     \
-        if (rc == 0 && value)                                                               \
-            *value = (value_type *)v;                                                       \
-        return rc;                                                                          \
-    }                                                                                       \
-    static inline int prefix##_delete(prefix *m, const void *key, size_t len)              \
-    {                                                                                       \
-        return xs_map_delete(prefix##_map(m), key, len);                                    \
-    }                                                                                       \
-    static inline int prefix##_swap(prefix *m, const void *key, size_t len,                \
-                                    value_type *value, value_type **previous, bool *loaded) \
-    {                                                                                       \
-        void *p = NULL;                                                                     \
-        bool l = false;                                                                     \
-        int rc = xs_map_swap(prefix##_map(m), key, len, (void *)value, &p, &l);             \
-        if (rc == 0 && l && previous)                                                       \
-            *previous = (value_type *)p;                                                    \
-        if (rc == 0 && loaded)                                                              \
-            *loaded = l;                                                                    \
-        return rc;                                                                          \
-    }                                                                                       \
-    static inline int prefix##_compare_and_swap(prefix *m, const void *key, size_t len,    \
-                                                value_type *old, value_type *new_value)     \
-    {                                                                                       \
-        return xs_map_compare_and_swap(prefix##_map(m), key, len, (void *)old,              \
-                                       (void *)new_value);                                  \
-    }                                                                                       \
-    static inline int prefix##_compare_and_delete(prefix *m, const void *key, size_t len,  \
-                                                  value_type *old)                          \
-    {                                                                                       \
-        return xs_map_compare_and_delete(prefix##_map(m), key, len, (void *)old);           \
-    }                                                                                       \
-    struct prefix##_range_call_ {                                                           \
-        prefix##_range_fn fn;                                                               \
-        void *arg;                                                                          \
-    };                                                                                      \
-    static inline int prefix##_range_tramp_(const void *key, size_t len, void *value,      \
-                                            void *arg)                                      \
-    {                                                                                       \
-        struct prefix##_range_call_ *c = (struct prefix##_range_call_ *)arg;                \
-        return c->fn(key, len, (value_type *)value, c->arg);                                \
-    }                                                                                       \
-    static inline int prefix##_range(prefix *m, prefix##_range_fn fn, void *arg)           \
-    {                                                                                       \
-        struct prefix##_range_call_ c = {fn, arg};                                          \
-        return xs_map_range(prefix##_map(m), fn ? prefix##_range_tramp_ : NULL, &c);        \
-    }                                                                                       \
-    static inline int prefix##_clear(prefix *m) { return xs_map_clear(prefix##_map(m)); }  \
-    static inline size_t prefix##_len(const prefix *m)                                     \
-    {                                                                                       \
-        return xs_map_len((const xs_map *)(const void *)m);                                 \
-    }                                                                                       \
-    static inline int prefix##_load_str(prefix *m, const char *key, value_type **value)    \
-    {                                                                                       \
+#define XS_MAP_DECLARE(prefix, value_type)                                                          \
+    typedef struct prefix prefix;                                                                   \
+    typedef int (*prefix##_create_fn)(const void *key, size_t len, void *arg,                       \
+                                      value_type **out);                                            \
+    typedef int (*prefix##_range_fn)(const void *key, size_t len, value_type *value,                \
+                                     void *arg);                                                    \
+    XS_MAP_INLINE_ xs_map *prefix##_map(prefix *m) { return (xs_map *)(void *)m; }                  \
+    XS_MAP_INLINE_ int prefix##_new(const xs_map_options *opts, prefix **out)                       \
+    {                                                                                               \
+        xs_map *m = NULL;                                                                           \
+        int rc = xs_map_new(opts, out ? &m : NULL);                                                 \
+        if (rc == 0)                                                                                \
+            *out = (prefix *)(void *)m;                                                             \
+        return rc;                                                                                  \
+    }                                                                                               \
+    XS_MAP_INLINE_ void prefix##_free(prefix *m) { xs_map_free(prefix##_map(m)); }                  \
+    XS_MAP_INLINE_ int prefix##_load(prefix *m, const void *key, size_t len,                        \
+                                    value_type **value)                                             \
+    {                                                                                               \
+        void *v = NULL;                                                                             \
+        int rc = xs_map_load(prefix##_map(m), key, len, &v);                                        \
+        if (rc == 0 && value)                                                                       \
+            *value = (value_type *)v;                                                               \
+        return rc;                                                                                  \
+    }                                                                                               \
+    XS_MAP_INLINE_ int prefix##_store(prefix *m, const void *key, size_t len,                       \
+                                     value_type *value)                                             \
+    {                                                                                               \
+        return xs_map_store(prefix##_map(m), key, len, (void *)value);                              \
+    }                                                                                               \
+    XS_MAP_INLINE_ int prefix##_load_or_store(prefix *m, const void *key, size_t len,               \
+                                             value_type *value, value_type **actual,                \
+                                             bool *loaded)                                          \
+    {                                                                                               \
+        void *a = NULL;                                                                             \
+        int rc = xs_map_load_or_store(prefix##_map(m), key, len, (void *)value, &a, loaded);        \
+        if (rc == 0 && actual)                                                                      \
+            *actual = (value_type *)a;                                                              \
+        return rc;                                                                                  \
+    }                                                                                               \
+    struct prefix##_create_call_ {                                                                  \
+        prefix##_create_fn fn;                                                                      \
+        void *arg;                                                                                  \
+    };                                                                                              \
+    XS_MAP_INLINE_ int prefix##_create_tramp_(const void *key, size_t len, void *arg,               \
+                                             void **out)                                            \
+    {                                                                                               \
+        struct prefix##_create_call_ *c = (struct prefix##_create_call_ *)arg;                      \
+        value_type *v = NULL;                                                                       \
+        int rc = c->fn(key, len, c->arg, &v);                                                       \
+        *out = (void *)v;                                                                           \
+        return rc;                                                                                  \
+    }                                                                                               \
+    XS_MAP_INLINE_ int prefix##_load_or_create(prefix *m, const void *key, size_t len,              \
+                                              prefix##_create_fn create, void *arg,                 \
+                                              value_type **actual, bool *loaded)                    \
+    {                                                                                               \
+        struct prefix##_create_call_ c = {create, arg};                                             \
+        void *a = NULL;                                                                             \
+        int rc = xs_map_load_or_create(prefix##_map(m), key, len,                                   \
+                                       create ? prefix##_create_tramp_ : NULL, &c, &a,              \
+                                       loaded);                                                     \
+        if (rc == 0 && actual)                                                                      \
+            *actual = (value_type *)a;                                                              \
+        return rc;                                                                                  \
+    }                                                                                               \
+    XS_MAP_INLINE_ int prefix##_load_and_delete(prefix *m, const void *key, size_t len,             \
+                                               value_type **value)                                  \
+    {                                                                                               \
+        void *v = NULL;                                                                             \
+        int rc = xs_map_load_and_delete(prefix##_map(m), key, len, &v);                             \
+        if (rc == 0 && value)                                                                       \
+            *value = (value_type *)v;                                                               \
+        return rc;                                                                                  \
+    }                                                                                               \
+    XS_MAP_INLINE_ int prefix##_delete(prefix *m, const void *key, size_t len)                      \
+    {                                                                                               \
+        return xs_map_delete(prefix##_map(m), key, len);                                            \
+    }                                                                                               \
+    XS_MAP_INLINE_ int prefix##_swap(prefix *m, const void *key, size_t len,                        \
+                                    value_type *value, value_type **previous, bool *loaded)         \
+    {                                                                                               \
+        void *p = NULL;                                                                             \
+        bool l = false;                                                                             \
+        int rc = xs_map_swap(prefix##_map(m), key, len, (void *)value, &p, &l);                     \
+        if (rc == 0 && l && previous)                                                               \
+            *previous = (value_type *)p;                                                            \
+        if (rc == 0 && loaded)                                                                      \
+            *loaded = l;                                                                            \
+        return rc;                                                                                  \
+    }                                                                                               \
+    XS_MAP_INLINE_ int prefix##_compare_and_swap(prefix *m, const void *key, size_t len,            \
+                                                value_type *old, value_type *new_value)             \
+    {                                                                                               \
+        return xs_map_compare_and_swap(prefix##_map(m), key, len, (void *)old,                      \
+                                       (void *)new_value);                                          \
+    }                                                                                               \
+    XS_MAP_INLINE_ int prefix##_compare_and_delete(prefix *m, const void *key, size_t len,          \
+                                                  value_type *old)                                  \
+    {                                                                                               \
+        return xs_map_compare_and_delete(prefix##_map(m), key, len, (void *)old);                   \
+    }                                                                                               \
+    struct prefix##_range_call_ {                                                                   \
+        prefix##_range_fn fn;                                                                       \
+        void *arg;                                                                                  \
+    };                                                                                              \
+    XS_MAP_INLINE_ int prefix##_range_tramp_(const void *key, size_t len, void *value,              \
+                                            void *arg)                                              \
+    {                                                                                               \
+        struct prefix##_range_call_ *c = (struct prefix##_range_call_ *)arg;                        \
+        return c->fn(key, len, (value_type *)value, c->arg);                                        \
+    }                                                                                               \
+    XS_MAP_INLINE_ int prefix##_range(prefix *m, prefix##_range_fn fn, void *arg)                   \
+    {                                                                                               \
+        struct prefix##_range_call_ c = {fn, arg};                                                  \
+        return xs_map_range(prefix##_map(m), fn ? prefix##_range_tramp_ : NULL, &c);                \
+    }                                                                                               \
+    XS_MAP_INLINE_ int prefix##_clear(prefix *m) { return xs_map_clear(prefix##_map(m)); }          \
+    XS_MAP_INLINE_ size_t prefix##_len(const prefix *m)                                             \
+    {                                                                                               \
+        return xs_map_len((const xs_map *)(const void *)m);                                         \
+    }                                                                                               \
+    XS_MAP_INLINE_ int prefix##_load_str(prefix *m, const char *key, value_type **value)            \
+    {                                                                                               \
         return key ? prefix##_load(m, key, __builtin_strlen(key), value) : XS_EINVAL;               \
-    }                                                                                       \
-    static inline int prefix##_store_str(prefix *m, const char *key, value_type *value)    \
-    {                                                                                       \
+    }                                                                                               \
+    XS_MAP_INLINE_ int prefix##_store_str(prefix *m, const char *key, value_type *value)            \
+    {                                                                                               \
         return key ? prefix##_store(m, key, __builtin_strlen(key), value) : XS_EINVAL;              \
-    }                                                                                       \
-    static inline int prefix##_load_or_create_str(prefix *m, const char *key,              \
-                                                  prefix##_create_fn create, void *arg,     \
-                                                  value_type **actual, bool *loaded)        \
-    {                                                                                       \
-        if (!key)                                                                           \
-            return XS_EINVAL;                                                               \
-        return prefix##_load_or_create(m, key, __builtin_strlen(key), create, arg, actual,  \
-                                       loaded);                                             \
-    }                                                                                       \
-    static inline int prefix##_delete_str(prefix *m, const char *key)                      \
-    {                                                                                       \
+    }                                                                                               \
+    XS_MAP_INLINE_ int prefix##_load_or_create_str(prefix *m, const char *key,                      \
+                                                  prefix##_create_fn create, void *arg,             \
+                                                  value_type **actual, bool *loaded)                \
+    {                                                                                               \
+        if (!key)                                                                                   \
+            return XS_EINVAL;                                                                       \
+        return prefix##_load_or_create(m, key, __builtin_strlen(key), create, arg, actual,          \
+                                       loaded);                                                     \
+    }                                                                                               \
+    XS_MAP_INLINE_ int prefix##_delete_str(prefix *m, const char *key)                              \
+    {                                                                                               \
         return key ? prefix##_delete(m, key, __builtin_strlen(key)) : XS_EINVAL;                    \
-    }                                                                                       \
+    }                                                                                               \
     typedef int prefix##_declared_ /* swallows the trailing semicolon */
 
 #ifdef __cplusplus
