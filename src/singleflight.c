@@ -28,6 +28,11 @@
  * all holders together, one per waiting sync caller, per armed
  * after-function and per async waiter record.
  *
+ * The group itself is reference counted, on slow paths only: the user holds
+ * one reference, every armed after-function one, and every abandoned call
+ * that is still running one, so xs_sf_free never waits for work nobody is
+ * waiting for, and that work never touches freed memory.
+ *
  * Lock order: a stripe lock, then a context's lock (probing a context under
  * the stripe lock).  Context watches and after-functions never take a
  * stripe lock while holding a context's; contexts are cancelled and
@@ -56,7 +61,8 @@ typedef struct stripe {
     xs__lock lock;
     uint32_t count;    /* calls linked here */
     uint32_t mask;     /* buckets - 1 */
-    uint32_t inflight; /* calls created here whose runner has not finished */
+    uint32_t inflight; /* calls linked here once whose runner has not finished */
+    uint32_t orphans;  /* of those, abandoned ones */
     sf_call **heads;
     sf_call *inline_heads[INLINE_HEADS];
 } stripe;
@@ -73,7 +79,7 @@ struct xs_sf {
     xs_sf_hash_fn hash;
     uint64_t seed;
     xs__hash_key hkey;
-    _Atomic uint32_t afters; /* armed after-functions not yet settled */
+    _Atomic int64_t refs; /* the user's, armed after-functions', running orphans' */
 };
 
 #define SF_BLOCK_SIZE (sizeof(struct xs_sf) + 64 + NSTRIPES * sizeof(stripe_slot))
@@ -110,6 +116,7 @@ struct sf_call {
     int32_t interest;
     uint32_t sync_joined; /* sync waiters that ever joined: wake on finish */
     bool linked, done, abandoned;
+    bool counted;         /* in st->inflight: it was linked, it will finish */
     bool leader_in;       /* the sync leader still counts in interest */
     xs__dnode *recs;      /* async waiters (sf_rec.link) */
     xs_ctx *fn_ctx;       /* until finish */
@@ -172,16 +179,19 @@ static void rec_put(sf_rec *r)
     }
 }
 
-/* xs_sf_free waits on this static word, never on the group, so the last
- * after-function can wake it without touching memory about to be freed. */
-static _Atomic uint32_t afters_epoch;
-
-static void afters_settled(xs_sf *sf)
+static void group_get(xs_sf *sf)
 {
-    atomic_fetch_sub_explicit(&sf->afters, 1, memory_order_seq_cst);
-    /* sf may be freed from here on */
-    atomic_fetch_add_explicit(&afters_epoch, 1, memory_order_seq_cst);
-    xs__park_wake(&afters_epoch, INT32_MAX);
+    atomic_fetch_add_explicit(&sf->refs, 1, memory_order_relaxed);
+}
+
+static void group_destroy(xs_sf *sf);
+
+/* The caller must not touch sf afterwards. */
+static void group_put(xs_sf *sf)
+{
+    /* acq_rel: the destroying thread sees every other user's writes. */
+    if (atomic_fetch_sub_explicit(&sf->refs, 1, memory_order_acq_rel) == 1)
+        group_destroy(sf);
 }
 
 /* ---- the table ---- */
@@ -233,7 +243,10 @@ static void link_locked(xs_sf *sf, stripe *st, sf_call *c)
     c->next = *h;
     *h = c;
     c->linked = true;
-    st->inflight++;
+    if (!c->counted) { /* a call is linked once (forget and abandon unlink it) */
+        c->counted = true;
+        st->inflight++;
+    }
     if (++st->count > 2 * (st->mask + 1) && st->mask < (1u << 24))
         grow_locked(sf, st);
 }
@@ -254,6 +267,10 @@ static void abandon_locked(sf_call *c, xs_ctx **cancel)
     c->abandoned = true;
     if (c->linked)
         unlink_locked(c->st, c);
+    if (c->counted) { /* it still runs: it keeps the group alive till it ends */
+        c->st->orphans++;
+        group_get(c->sf);
+    }
     if (c->own_ctx && c->fn_ctx) /* retained: the runner may release its own */
         *cancel = xs_ctx_retain(c->fn_ctx);
 }
@@ -321,7 +338,7 @@ static sf_call *call_new(xs_sf *sf, stripe *st, uint64_t h, const void *key, siz
     atomic_init(&c->mem, 1);     /* all holders' */
     c->interest = 0;
     c->sync_joined = 0;
-    c->linked = c->done = c->abandoned = c->leader_in = false;
+    c->linked = c->done = c->abandoned = c->leader_in = c->counted = false;
     c->recs = NULL;
     c->fn_ctx = NULL;
     c->own_ctx = c->ctx_ref = false;
@@ -343,7 +360,7 @@ static sf_call *call_new(xs_sf *sf, stripe *st, uint64_t h, const void *key, siz
 static void call_discard(sf_call *c)
 {
     if (c->leader_after && xs_ctx_after_stop(c->leader_after)) {
-        afters_settled(c->sf);
+        group_put(c->sf); /* never the last: our caller is using the group */
         call_mem_put(c);
     }
     if (c->ctx_ref)
@@ -366,7 +383,7 @@ static void leader_gone(void *arg)
     xs__lock_release(&c->st->lock);
     cancel_abandoned(cancel);
     call_mem_put(c);
-    afters_settled(sf); /* last: sf may go once this is done */
+    group_put(sf); /* last: sf may go with it */
 }
 
 /*
@@ -388,12 +405,12 @@ static int prepare_leader(xs_sf *sf, stripe *st, uint64_t h, const void *key, si
     c->own_ctx = c->ctx_ref = true;
     c->leader_in = true;
     c->interest = 1;
-    atomic_fetch_add_explicit(&sf->afters, 1, memory_order_relaxed);
-    atomic_fetch_add_explicit(&c->mem, 1, memory_order_relaxed); /* the after-function's */
+    group_get(sf);                                                 /* the after-function's */
+    atomic_fetch_add_explicit(&c->mem, 1, memory_order_relaxed); /* likewise */
     r = xs_ctx_after_func(ctx, leader_gone, c, &c->leader_after);
     if (r) {
         xs_ctx_release(c->fn_ctx);
-        atomic_fetch_sub_explicit(&sf->afters, 1, memory_order_relaxed);
+        group_put(sf); /* never the last: our caller is using the group */
         xs__free(c->alloc, c, sizeof *c + len);
         return r;
     }
@@ -416,6 +433,9 @@ static void finish(sf_call *c, void *value, xs_sf_value_free vfree, int err, boo
         unlink_locked(st, c);
     c->done = true;
     st->inflight--;
+    bool orphan = c->abandoned;
+    if (orphan)
+        st->orphans--;
     int32_t nrecs = 0;
     for (xs__dnode *n = c->recs; n; n = n->next, nrecs++)
         XS_CONTAINER_OF(n, sf_rec, link)->state = REC_TAKEN;
@@ -429,6 +449,8 @@ static void finish(sf_call *c, void *value, xs_sf_value_free vfree, int err, boo
     c->fn_ctx = NULL;
     bool waiters = c->sync_joined != 0; /* only sync waiters read the word */
     xs__lock_release(&st->lock);
+    if (orphan) /* nobody receives it (recs is empty): sf is not touched below */
+        group_put(c->sf);
     if (waiters) {
         /* Release: a waiter that sees DONE sees the result written above. */
         atomic_fetch_or_explicit(&c->word, WORD_DONE, memory_order_release);
@@ -440,8 +462,8 @@ static void finish(sf_call *c, void *value, xs_sf_value_free vfree, int err, boo
     for (xs__dnode *n = recs; n; n = n->next) {
         sf_rec *r = XS_CONTAINER_OF(n, sf_rec, link);
         if (r->after && xs_ctx_after_stop(r->after)) {
-            afters_settled(r->sf);
-            rec_put(r); /* never the last: the list's reference remains */
+            group_put(r->sf); /* may be the last: sf is not touched below */
+            rec_put(r);       /* never the last: the list's reference remains */
         }
     }
     for (xs__dnode *n = recs, *next; n; n = next) {
@@ -546,8 +568,8 @@ static int lead(sf_call *c, xs_sf_fn fn, void *arg, xs_sf_result *res)
     xs_sf_value_free vfree = NULL;
     int err = fn(c->fn_ctx, arg, &value, &vfree);
     if (c->leader_after && xs_ctx_after_stop(c->leader_after)) {
-        afters_settled(c->sf);
-        call_mem_put(c); /* never the last: we are a holder */
+        group_put(c->sf); /* never the last: the call is in flight */
+        call_mem_put(c);  /* never the last: we are a holder */
     }
     finish(c, value, vfree, err, true);
     *res = (xs_sf_result){value, err, c->shared_all, c}; /* the runner's reference */
@@ -680,14 +702,14 @@ static void rec_gone(void *arg)
         rec_put(r); /* the owner's: nobody else will deliver */
     }
     rec_put(r);
-    afters_settled(sf);
+    group_put(sf); /* last: sf may go with it */
 }
 
 /* Undoes a record that never joined. */
 static void rec_discard(sf_rec *r)
 {
     if (r->after && xs_ctx_after_stop(r->after)) {
-        afters_settled(r->sf);
+        group_put(r->sf); /* never the last: our caller is using the group */
         rec_put(r);
     }
     rec_put(r);
@@ -718,11 +740,11 @@ int xs_sf_do_async(xs_sf *sf, xs_ctx *ctx, const void *key, size_t keylen, xs_sf
     atomic_init(&r->refs, 1);
     bool can_end = ctx_can_end(ctx);
     if (can_end) {
-        atomic_fetch_add_explicit(&sf->afters, 1, memory_order_relaxed);
+        group_get(sf);
         atomic_store_explicit(&r->refs, 2, memory_order_relaxed);
         int rr = xs_ctx_after_func(ctx, rec_gone, r, &r->after);
         if (rr) {
-            atomic_fetch_sub_explicit(&sf->afters, 1, memory_order_relaxed);
+            group_put(sf); /* never the last */
             xs_ctx_release(r->ctx);
             xs__free(r->alloc, r, sizeof *r);
             return rr;
@@ -814,38 +836,37 @@ int xs_sf_new(const xs_sf_options *opts, xs_sf **out)
     sf->hash = opts ? opts->hash : NULL;
     sf->seed = opts && opts->seed ? opts->seed : xs__hash_random_seed();
     xs__hash_key_init(&sf->hkey, sf->seed);
-    atomic_init(&sf->afters, 0);
+    atomic_init(&sf->refs, 1);
     *out = sf;
     return 0;
 }
 
-int xs_sf_free(xs_sf *sf)
+static void group_destroy(xs_sf *sf)
 {
-    if (!sf)
-        return 0;
-    bool busy = false;
-    for (int i = 0; i < NSTRIPES && !busy; i++) {
-        stripe *st = &sf->stripes[i].s;
-        xs__lock_acquire(&st->lock);
-        busy = st->inflight != 0;
-        xs__lock_release(&st->lock);
-    }
-    if (busy)
-        return XS_EBUSY;
-    /* After-functions already triggered may still be about to take a
-     * stripe lock (they only check and leave): wait them out. */
-    for (;;) {
-        uint32_t epoch = atomic_load_explicit(&afters_epoch, memory_order_seq_cst);
-        if (atomic_load_explicit(&sf->afters, memory_order_seq_cst) == 0)
-            break;
-        xs__park_wait(&afters_epoch, epoch, XS_FOREVER);
-    }
     for (int i = 0; i < NSTRIPES; i++) {
         stripe *st = &sf->stripes[i].s;
         if (st->heads != st->inline_heads)
             xs__free(sf->alloc, st->heads, (st->mask + 1) * sizeof *st->heads);
     }
     xs__free(sf->alloc, sf, SF_BLOCK_SIZE);
+}
+
+int xs_sf_free(xs_sf *sf)
+{
+    if (!sf)
+        return 0;
+    /* All stripes at once (in order; nothing else holds two), so no call
+     * can pass from one to the other state while we count. */
+    bool busy = false;
+    for (int i = 0; i < NSTRIPES; i++)
+        xs__lock_acquire(&sf->stripes[i].s.lock);
+    for (int i = 0; i < NSTRIPES; i++)
+        busy |= sf->stripes[i].s.inflight != sf->stripes[i].s.orphans;
+    for (int i = NSTRIPES - 1; i >= 0; i--)
+        xs__lock_release(&sf->stripes[i].s.lock);
+    if (busy)
+        return XS_EBUSY;
+    group_put(sf);
     return 0;
 }
 

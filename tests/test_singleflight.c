@@ -125,7 +125,6 @@ typedef struct caller {
     const char *key;
     xs_sf_fn fn;
     void *arg;
-    th_event *entering; /* signalled just before calling, if set */
     int err;
     xs_sf_result res;
     th_event done;
@@ -135,8 +134,6 @@ typedef struct caller {
 static void *caller_main(void *p)
 {
     caller *c = p;
-    if (c->entering)
-        th_event_signal(c->entering);
     c->err = xs_sf_do(c->sf, c->ctx, c->key, strlen(c->key), c->fn, c->arg, &c->res);
     th_event_signal(&c->done);
     return NULL;
@@ -234,13 +231,9 @@ TEST(do_dup_suppress)
     ASSERT(sf);
     blocker b;
     blocker_init(&b, 0, (void *)"bar");
-    th_event entering;
-    th_event_init(&entering);
     caller c[N];
-    for (int i = 0; i < N; i++) {
+    for (int i = 0; i < N; i++)
         caller_start(&c[i], sf, bg(), "key", blocking_fn, &b);
-        c[i].entering = NULL;
-    }
     /* At least one caller is in fn; wait until all have joined its call
      * (they must: it cannot finish before we release it). */
     EXPECT(th_event_wait(&b.started, 1, WAIT_MS));
@@ -260,7 +253,6 @@ TEST(do_dup_suppress)
     EXPECT_GT(calls, 0);
     EXPECT_LT(calls, N);
     EXPECT_EQ(shared, N); /* every caller shared the one call */
-    th_event_destroy(&entering);
     blocker_destroy(&b);
     EXPECT_EQ(xs_sf_free(sf), 0);
 }
@@ -1124,7 +1116,7 @@ static int race_fn(xs_ctx *ctx, void *arg, void **value, xs_sf_value_free *vf)
     /* spin, so that completion follows the go signal within nanoseconds */
     int64_t end = th_now_ns() + (int64_t)WAIT_MS * 1000000;
     while (!atomic_load(&r->go) && th_now_ns() < end)
-        ;
+        sched_yield(); /* not a sleep: back within a time slice */
     kv *v = malloc(sizeof *v);
     v->key = 5;
     v->freed = &freed_count;
@@ -1196,4 +1188,112 @@ TEST_T(cancel_races_completion, 120)
     }
     printf("    waiter cancelled %d times, got the result %d times\n", outcomes[0], outcomes[1]);
     EXPECT_EQ(xs_sf_free(sf), 0);
+}
+
+/*
+ * The same race for do_async: the callback runs exactly once, with the
+ * result or the context's error; the value is freed exactly once; and the
+ * group can be freed as soon as every callback has run (it waits out
+ * after-functions that are still on their way).
+ */
+static int spin_fn(xs_ctx *ctx, void *arg, void **value, xs_sf_value_free *vf)
+{
+    (void)ctx;
+    _Atomic int *go = arg;
+    int64_t end = th_now_ns() + (int64_t)WAIT_MS * 1000000;
+    while (!atomic_load(go) && th_now_ns() < end)
+        sched_yield();
+    kv *v = malloc(sizeof *v);
+    v->key = 9;
+    v->freed = &freed_count;
+    *value = v;
+    *vf = kv_free;
+    return 0;
+}
+
+TEST_T(async_cancel_races_completion, 120)
+{
+    int outcomes[2] = {0, 0};
+    for (int it = 0; it < 300; it++) {
+        atomic_store(&freed_count, 0);
+        xs_sf *sf = new_sf();
+        ASSERT(sf);
+        _Atomic int go = 0;
+        xs_ctx *c1, *c2;
+        ASSERT_EQ(xs_ctx_with_cancel(bg(), &c1), 0);
+        ASSERT_EQ(xs_ctx_with_cancel(bg(), &c2), 0);
+        async_out o1, o2;
+        async_out_init(&o1);
+        async_out_init(&o2);
+        ASSERT_EQ(xs_sf_do_async(sf, c1, "k", 1, spin_fn, &go, async_done, &o1), 0);
+        ASSERT_EQ(xs_sf_do_async(sf, c2, "k", 1, spin_fn, &go, async_done, &o2), 0);
+        if (it % 3 == 0)
+            xs_ctx_cancel(c1, 0);
+        atomic_store(&go, 1);
+        if (it % 3 == 1)
+            xs_ctx_cancel(c1, 0);
+        if (it % 2)
+            xs_ctx_cancel(c2, 0);
+        EXPECT(th_event_wait(&o1.done, 1, WAIT_MS));
+        EXPECT(th_event_wait(&o2.done, 1, WAIT_MS));
+        EXPECT_EQ(xs_sf_free(sf), 0); /* every callback has run */
+        async_out *os[2] = {&o1, &o2};
+        for (int i = 0; i < 2; i++) {
+            EXPECT_EQ(atomic_load(&os[i]->calls), 1);
+            EXPECT(os[i]->err == 0 || os[i]->err == XS_ECANCELED);
+            if (os[i]->err == 0)
+                EXPECT_EQ(((kv *)os[i]->res.value)->key, 9);
+            else
+                EXPECT_PTR_EQ(os[i]->res.ref_, NULL);
+            outcomes[os[i]->err == 0]++;
+        }
+        async_out_destroy(&o1);
+        async_out_destroy(&o2);
+        /* released by both: freed once (by the runner if nobody took it) */
+        int64_t end = th_now_ns() + (int64_t)WAIT_MS * 1000000;
+        while (atomic_load(&freed_count) == 0 && th_now_ns() < end)
+            sched_yield();
+        EXPECT_EQ(atomic_load(&freed_count), 1);
+        xs_ctx_release(c1);
+        xs_ctx_release(c2);
+        if (atomic_load(&th_failed_now))
+            break;
+    }
+    printf("    callbacks cancelled %d times, got the result %d times\n", outcomes[0], outcomes[1]);
+}
+
+/* Freeing the group while a call that everybody left is still running:
+ * 0 at once; the call finishes later without touching freed memory. */
+static th_event freed_event;
+static void event_free(void *v)
+{
+    (void)v;
+    th_event_signal(&freed_event);
+}
+
+TEST(free_with_abandoned_call_running)
+{
+    th_event_init(&freed_event);
+    xs_sf *sf = new_sf();
+    ASSERT(sf);
+    blocker b;
+    blocker_init(&b, 0, (void *)"late");
+    b.vfree = event_free;
+    xs_ctx *c;
+    ASSERT_EQ(xs_ctx_with_cancel(bg(), &c), 0);
+    async_out o;
+    async_out_init(&o);
+    ASSERT_EQ(xs_sf_do_async(sf, c, "key", 3, blocking_fn, &b, async_done, &o), 0);
+    ASSERT(th_event_wait(&b.started, 1, WAIT_MS));
+    xs_ctx_cancel(c, 0);
+    EXPECT(th_event_wait(&o.done, 1, WAIT_MS));
+    EXPECT_EQ(o.err, XS_ECANCELED);
+    EXPECT_EQ(xs_sf_interested(sf, "key", 3), 0);
+    EXPECT_EQ(xs_sf_free(sf), 0); /* nobody waits: freed (its memory goes later) */
+    th_event_signal(&b.release);
+    EXPECT(th_event_wait(&freed_event, 1, WAIT_MS)); /* the runner finished */
+    async_out_destroy(&o);
+    xs_ctx_release(c);
+    blocker_destroy(&b);
+    th_event_destroy(&freed_event);
 }

@@ -68,7 +68,8 @@ typedef void (*xs_sf_value_free)(void *value);
 
 /*
  * The function a call runs.  `ctx` is the call's context (see the file
- * comment), valid until the function returns: retain it to keep it longer.
+ * comment), valid until the function returns (a context of the call's own
+ * is cancelled then): retain it to keep it longer.
  * It may set *value and *value_free (both NULL on entry); the value, if
  * any, is owned by the result from then on and passed to value_free once,
  * whatever the returned code.  Returns 0 or an error of yours.
@@ -111,18 +112,22 @@ typedef struct xs_sf_options {
 
 /*
  * Creates a group.  opts may be NULL (all defaults).  Returns 0 and the group
- * in *out; XS_EINVAL (out NULL); XS_ENOMEM.  Allocation: one block; each call
- * then allocates one block for itself and its key, plus, when the starting
- * caller's context can end, the call's context and a watch on the caller's
- * (contexts come from the process default allocator).
+ * in *out; XS_EINVAL (out NULL); XS_ENOMEM.  Allocation: one block.  Each
+ * call then allocates one block for itself and its key; when the starting
+ * caller's context can end, also the call's own context (two blocks) and a
+ * watch on the caller's context; each xs_sf_do_async caller a record, and a
+ * watch when its context can end.  Contexts and watches come from the
+ * process default allocator.
  */
 XS_API int xs_sf_new(const xs_sf_options *opts, xs_sf **out);
 
 /*
- * Frees the group.  Returns 0; XS_EBUSY, freeing nothing, while a call of the
- * group is still running; NULL is a no-op.  Results already handed out stay
- * valid.  Not thread-safe: no other thread may be inside a function of this
- * group.
+ * Frees the group.  Returns 0; XS_EBUSY, changing nothing, while a call of
+ * the group still has a caller waiting for it (a pending do_async callback
+ * included); NULL is a no-op.  Calls that everybody has left may still be
+ * running: the group's memory goes when the last of them returns.  Results
+ * already handed out stay valid.  Not thread-safe: no other thread may be
+ * inside a function of this group (done callbacks may call it).
  */
 XS_API int xs_sf_free(xs_sf *sf);
 
