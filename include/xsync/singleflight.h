@@ -19,10 +19,9 @@
  * the group at that moment, so the next caller of the key starts a fresh
  * call and never sees the abandoned one's result or error.  The function's
  * context carries the values of the context of the caller that started the
- * call, but not its cancellation or deadline.  If that caller's context can
- * never end (xs_ctx_background(), values over it), nobody can make the call
- * lose all its callers before it returns, and the function receives that
- * context itself.
+ * call, but not its cancellation or deadline.  If that caller's context is
+ * xs_ctx_background(), nobody can make the call lose all its callers before
+ * it returns, and the function receives that context itself.
  *
  * Results and ownership.  The function returns an int (0 or your error; use
  * positive codes) and may hand back a value and that value's destructor.
@@ -113,11 +112,11 @@ typedef struct xs_sf_options {
 /*
  * Creates a group.  opts may be NULL (all defaults).  Returns 0 and the group
  * in *out; XS_EINVAL (out NULL); XS_ENOMEM.  Allocation: one block.  Each
- * call then allocates one block for itself and its key; when the starting
- * caller's context can end, also the call's own context (two blocks) and a
- * watch on the caller's context; each xs_sf_do_async caller a record, and a
- * watch when its context can end.  Contexts and watches come from the
- * process default allocator.
+ * call then allocates one block for itself and its key; unless the starting
+ * caller's context is xs_ctx_background(), also the call's own context (two
+ * blocks) and a watch on the caller's context.  Each xs_sf_do_async caller
+ * allocates a record, and a watch unless its context is the background.
+ * Contexts and watches come from the process default allocator.
  */
 XS_API int xs_sf_new(const xs_sf_options *opts, xs_sf **out);
 
