@@ -29,9 +29,10 @@
  * after-function and per async waiter record.
  *
  * The group itself is reference counted, on slow paths only: the user holds
- * one reference, every armed after-function one, and every abandoned call
- * that is still running one, so xs_sf_free never waits for work nobody is
- * waiting for, and that work never touches freed memory.
+ * one reference, every armed after-function one, every async runner one and
+ * every abandoned call that is still running one.  xs_sf_free drops the
+ * user's and waits for the others, so when it returns nothing of the group
+ * runs any more.
  *
  * Lock order: a stripe lock, then a context's lock (probing a context under
  * the stripe lock).  Context watches and after-functions never take a
@@ -79,7 +80,7 @@ struct xs_sf {
     xs_sf_hash_fn hash;
     uint64_t seed;
     xs__hash_key hkey;
-    _Atomic int64_t refs; /* the user's, armed after-functions', running orphans' */
+    _Atomic uint32_t refs; /* see the file comment */
 };
 
 #define SF_BLOCK_SIZE (sizeof(struct xs_sf) + 64 + NSTRIPES * sizeof(stripe_slot))
@@ -184,15 +185,24 @@ static void group_get(xs_sf *sf)
     atomic_fetch_add_explicit(&sf->refs, 1, memory_order_relaxed);
 }
 
-static void group_destroy(xs_sf *sf);
+/* xs_sf_free waits on this static word, never on the group, so the last
+ * reference can be dropped and the waiter woken without touching memory
+ * that may be freed the moment the count reaches zero. */
+static _Atomic uint32_t group_epoch;
 
 /* The caller must not touch sf afterwards. */
 static void group_put(xs_sf *sf)
 {
-    /* acq_rel: the destroying thread sees every other user's writes. */
-    if (atomic_fetch_sub_explicit(&sf->refs, 1, memory_order_acq_rel) == 1)
-        group_destroy(sf);
+    /* Release: xs_sf_free, which acquires the zero, sees all our writes. */
+    if (atomic_fetch_sub_explicit(&sf->refs, 1, memory_order_release) == 1) {
+        atomic_fetch_add_explicit(&group_epoch, 1, memory_order_seq_cst);
+        xs__park_wake(&group_epoch, INT32_MAX);
+    }
 }
+
+/* The group whose done callbacks this thread is running (xs_sf_free from
+ * one of them would wait for itself). */
+static _Thread_local const xs_sf *delivering;
 
 /* ---- the table ---- */
 
@@ -440,6 +450,7 @@ static void finish(sf_call *c, void *value, xs_sf_value_free vfree, int err, boo
     xs__lock_release(&st->lock);
     if (orphan) /* nobody receives it (recs is empty): sf is not touched below */
         group_put(c->sf);
+    xs_sf *sf = c->sf; /* for `delivering` only: never dereferenced below */
     if (waiters) {
         /* Release: a waiter that sees DONE sees the result written above. */
         atomic_fetch_or_explicit(&c->word, WORD_DONE, memory_order_release);
@@ -459,7 +470,10 @@ static void finish(sf_call *c, void *value, xs_sf_value_free vfree, int err, boo
         next = n->next;
         sf_rec *r = XS_CONTAINER_OF(n, sf_rec, link);
         xs_sf_result res = {c->value, c->err, r->creator ? c->shared_all : true, c};
+        const xs_sf *outer = delivering;
+        delivering = sf;
         r->done(r->done_arg, c->err, &res);
+        delivering = outer;
         rec_put(r);
     }
 }
@@ -629,14 +643,17 @@ int xs_sf_do(xs_sf *sf, xs_ctx *ctx, const void *key, size_t keylen, xs_sf_fn fn
 
 /* ---- async ---- */
 
+/* An async call's runner: it holds a group reference (taken by start_runner). */
 static void run_call(void *arg)
 {
     sf_call *c = arg;
+    xs_sf *sf = c->sf;
     void *value = NULL;
     xs_sf_value_free vfree = NULL;
     int err = c->fn(c->fn_ctx, c->arg, &value, &vfree);
     finish(c, value, vfree, err, false);
     call_holder_put(c); /* the runner receives nothing itself */
+    group_put(sf);      /* last */
 }
 
 static void *runner_thread(void *arg)
@@ -653,6 +670,7 @@ static void *runner_thread(void *arg)
  */
 static void start_runner(sf_call *c)
 {
+    group_get(c->sf);
     pthread_t th;
     pthread_attr_t attr;
     bool ok = pthread_attr_init(&attr) == 0;
@@ -687,7 +705,10 @@ static void rec_gone(void *arg)
         cancel_abandoned(cancel);
         xs_ctx_after_stop(r->after); /* we are its function: frees the handle */
         xs_sf_result res = empty_result;
+        const xs_sf *outer = delivering; /* (we may run inside a canceller) */
+        delivering = sf;
         r->done(r->done_arg, xs_ctx_err(r->ctx), &res);
+        delivering = outer;
         rec_put(r); /* the owner's: nobody else will deliver */
     }
     rec_put(r);
@@ -825,27 +846,19 @@ int xs_sf_new(const xs_sf_options *opts, xs_sf **out)
     sf->hash = opts ? opts->hash : NULL;
     sf->seed = opts && opts->seed ? opts->seed : xs__hash_random_seed();
     xs__hash_key_init(&sf->hkey, sf->seed);
-    atomic_init(&sf->refs, 1);
+    atomic_init(&sf->refs, 1); /* the user's */
     *out = sf;
     return 0;
-}
-
-static void group_destroy(xs_sf *sf)
-{
-    for (int i = 0; i < NSTRIPES; i++) {
-        stripe *st = &sf->stripes[i].s;
-        if (st->heads != st->inline_heads)
-            xs__free(sf->alloc, st->heads, (st->mask + 1) * sizeof *st->heads);
-    }
-    xs__free(sf->alloc, sf, SF_BLOCK_SIZE);
 }
 
 int xs_sf_free(xs_sf *sf)
 {
     if (!sf)
         return 0;
+    if (delivering == sf)
+        return XS_EBUSY;
     /* All stripes at once (in order; nothing else holds two), so no call
-     * can pass from one to the other state while we count. */
+     * can pass from one state to the other while we count. */
     bool busy = false;
     for (int i = 0; i < NSTRIPES; i++)
         xs__lock_acquire(&sf->stripes[i].s.lock);
@@ -855,7 +868,21 @@ int xs_sf_free(xs_sf *sf)
         xs__lock_release(&sf->stripes[i].s.lock);
     if (busy)
         return XS_EBUSY;
+    /* Wait out calls nobody waits for, runners and after-functions. */
     group_put(sf);
+    for (;;) {
+        uint32_t epoch = atomic_load_explicit(&group_epoch, memory_order_seq_cst);
+        /* Acquire: pairs with the release of the last group_put. */
+        if (atomic_load_explicit(&sf->refs, memory_order_acquire) == 0)
+            break;
+        xs__park_wait(&group_epoch, epoch, XS_FOREVER);
+    }
+    for (int i = 0; i < NSTRIPES; i++) {
+        stripe *st = &sf->stripes[i].s;
+        if (st->heads != st->inline_heads)
+            xs__free(sf->alloc, st->heads, (st->mask + 1) * sizeof *st->heads);
+    }
+    xs__free(sf->alloc, sf, SF_BLOCK_SIZE);
     return 0;
 }
 

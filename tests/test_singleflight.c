@@ -1249,10 +1249,8 @@ TEST_T(async_cancel_races_completion, 120)
         }
         async_out_destroy(&o1);
         async_out_destroy(&o2);
-        /* released by both: freed once (by the runner if nobody took it) */
-        int64_t end = th_now_ns() + (int64_t)WAIT_MS * 1000000;
-        while (atomic_load(&freed_count) == 0 && th_now_ns() < end)
-            sched_yield();
+        /* the runner is done (free waited for it) and both released: the
+         * value was freed exactly once */
         EXPECT_EQ(atomic_load(&freed_count), 1);
         xs_ctx_release(c1);
         xs_ctx_release(c2);
@@ -1263,7 +1261,7 @@ TEST_T(async_cancel_races_completion, 120)
 }
 
 /* Freeing the group while a call that everybody left is still running:
- * 0 at once; the call finishes later without touching freed memory. */
+ * not busy; it waits for that call, so nothing of the group runs after. */
 static th_event freed_event;
 static void event_free(void *v)
 {
@@ -1271,7 +1269,23 @@ static void event_free(void *v)
     th_event_signal(&freed_event);
 }
 
-TEST(free_with_abandoned_call_running)
+typedef struct freer {
+    xs_sf *sf;
+    int ret;
+    long destroyed_before; /* destructor runs seen when free returned */
+    th_event done;
+} freer;
+
+static void *freer_main(void *p)
+{
+    freer *f = p;
+    f->ret = xs_sf_free(f->sf);
+    f->destroyed_before = th_event_count(&freed_event);
+    th_event_signal(&f->done);
+    return NULL;
+}
+
+TEST(free_waits_for_abandoned_call)
 {
     th_event_init(&freed_event);
     xs_sf *sf = new_sf();
@@ -1289,11 +1303,50 @@ TEST(free_with_abandoned_call_running)
     EXPECT(th_event_wait(&o.done, 1, WAIT_MS));
     EXPECT_EQ(o.err, XS_ECANCELED);
     EXPECT_EQ(xs_sf_interested(sf, "key", 3), 0);
-    EXPECT_EQ(xs_sf_free(sf), 0); /* nobody waits: freed (its memory goes later) */
-    th_event_signal(&b.release);
-    EXPECT(th_event_wait(&freed_event, 1, WAIT_MS)); /* the runner finished */
+    freer f = {.sf = sf, .ret = -1};
+    th_event_init(&f.done);
+    pthread_t th;
+    pthread_create(&th, NULL, freer_main, &f);
+    th_event_signal(&b.release); /* the abandoned call returns ... */
+    EXPECT(th_event_wait(&f.done, 1, WAIT_MS)); /* ... and then free does */
+    pthread_join(th, NULL);
+    EXPECT_EQ(f.ret, 0);
+    EXPECT_EQ(f.destroyed_before, 1); /* the call was over before free returned */
+    th_event_destroy(&f.done);
     async_out_destroy(&o);
     xs_ctx_release(c);
     blocker_destroy(&b);
     th_event_destroy(&freed_event);
+}
+
+/* xs_sf_free from a done callback would wait for itself: XS_EBUSY. */
+typedef struct free_in_cb {
+    xs_sf *sf;
+    int ret;
+    xs_sf_result res;
+    th_event done;
+} free_in_cb;
+
+static void done_frees(void *arg, int err, xs_sf_result *res)
+{
+    (void)err;
+    free_in_cb *f = arg;
+    f->ret = xs_sf_free(f->sf);
+    f->res = *res;
+    th_event_signal(&f->done);
+}
+
+TEST(free_from_done_callback_is_busy)
+{
+    xs_sf *sf = new_sf();
+    ASSERT(sf);
+    free_in_cb f = {.sf = sf, .ret = -1};
+    th_event_init(&f.done);
+    ASSERT_EQ(xs_sf_do_async(sf, bg(), "key", 3, ret_bar, NULL, done_frees, &f), 0);
+    EXPECT(th_event_wait(&f.done, 1, WAIT_MS));
+    EXPECT_EQ(f.ret, XS_EBUSY);
+    EXPECT_STREQ((const char *)f.res.value, "bar");
+    xs_sf_result_release(&f.res);
+    EXPECT_EQ(xs_sf_free(sf), 0); /* waits for the runner to be done */
+    th_event_destroy(&f.done);
 }

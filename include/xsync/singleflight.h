@@ -121,12 +121,15 @@ typedef struct xs_sf_options {
 XS_API int xs_sf_new(const xs_sf_options *opts, xs_sf **out);
 
 /*
- * Frees the group.  Returns 0; XS_EBUSY, changing nothing, while a call of
- * the group still has a caller waiting for it (a pending do_async callback
- * included); NULL is a no-op.  Calls that everybody has left may still be
- * running: the group's memory goes when the last of them returns.  Results
- * already handed out stay valid.  Not thread-safe: no other thread may be
- * inside a function of this group (done callbacks may call it).
+ * Frees the group.  Calls that everybody has left may still be running
+ * (their function has seen its context end): this blocks until they have
+ * returned and the group's internal threads are done, so once it returns 0
+ * nothing of the group runs any more.  Results still held stay valid, and
+ * use the group's allocator until released.  XS_EBUSY, changing nothing,
+ * while a call of the group still has a caller waiting for it (a pending
+ * do_async callback included) and when called from a done callback.  NULL:
+ * 0.  Not thread-safe: no other thread may be inside a function of this
+ * group.
  */
 XS_API int xs_sf_free(xs_sf *sf);
 
