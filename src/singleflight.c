@@ -456,8 +456,10 @@ static void finish(sf_call *c, void *value, xs_sf_value_free vfree, int err, boo
         atomic_fetch_or_explicit(&c->word, WORD_DONE, memory_order_release);
         xs__park_wake(&c->word, INT32_MAX);
     }
+    if (c->own_ctx) /* ends the call's own context, even if fn kept a reference */
+        xs_ctx_cancel(fn_ctx, 0);
     if (c->ctx_ref)
-        xs_ctx_release(fn_ctx); /* ends the call's own context */
+        xs_ctx_release(fn_ctx);
     /* Settle every watch first, so a callback below may free the group. */
     for (xs__dnode *n = recs; n; n = n->next) {
         sf_rec *r = XS_CONTAINER_OF(n, sf_rec, link);

@@ -1350,3 +1350,32 @@ TEST(free_from_done_callback_is_busy)
     EXPECT_EQ(xs_sf_free(sf), 0); /* waits for the runner to be done */
     th_event_destroy(&f.done);
 }
+
+/* The call's own context ends when the function returns, even if the
+ * function kept a reference to it. */
+static xs_ctx *kept_ctx;
+
+static int keep_ctx_fn(xs_ctx *ctx, void *arg, void **value, xs_sf_value_free *value_free)
+{
+    (void)arg;
+    (void)value;
+    (void)value_free;
+    kept_ctx = xs_ctx_retain(ctx);
+    return 0;
+}
+
+TEST(function_context_ends_when_function_returns_even_if_kept)
+{
+    xs_sf *sf;
+    xs_ctx *owner;
+    ASSERT_EQ(xs_sf_new(NULL, &sf), 0);
+    ASSERT_EQ(xs_ctx_with_cancel(xs_ctx_background(), &owner), 0);
+    xs_sf_result res;
+    EXPECT_EQ(xs_sf_do(sf, owner, "k", 1, keep_ctx_fn, NULL, &res), 0);
+    xs_sf_result_release(&res);
+    ASSERT(kept_ctx != NULL);
+    EXPECT(xs_ctx_done(kept_ctx));
+    xs_ctx_release(kept_ctx);
+    xs_ctx_release(owner);
+    EXPECT_EQ(xs_sf_free(sf), 0);
+}

@@ -114,9 +114,12 @@ typedef struct xs_sf_options {
  * in *out; XS_EINVAL (out NULL); XS_ENOMEM.  Allocation: one block.  Each
  * call then allocates one block for itself and its key; unless the starting
  * caller's context is xs_ctx_background(), also the call's own context (two
- * blocks) and a watch on the caller's context.  Each xs_sf_do_async caller
- * allocates a record, and a watch unless its context is the background.
- * Contexts and watches come from the process default allocator.
+ * blocks) and an after-function on the caller's context (when that context
+ * ends, its after-function runs on a thread of its own).  Each
+ * xs_sf_do_async caller allocates a record, and an after-function unless its
+ * context is the background.  Contexts and after-functions come from the
+ * process default allocator.  Calling xs_sf_free from inside a call's
+ * function is not allowed (it would wait for itself).
  */
 XS_API int xs_sf_new(const xs_sf_options *opts, xs_sf **out);
 
