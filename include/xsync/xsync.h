@@ -6,9 +6,11 @@
 #include <xsync/context.h>
 #include <xsync/error.h>
 #include <xsync/group.h>
+#include <xsync/map.h>
 #include <xsync/pool.h>
 #include <xsync/rate.h>
 #include <xsync/semaphore.h>
+#include <xsync/singleflight.h>
 #include <xsync/time.h>
 
 #endif
