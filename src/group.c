@@ -70,15 +70,6 @@ struct xs_group {
     _Atomic(rec *) done;
 };
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 static void push(_Atomic(rec *) *head, rec *r)
 {
     rec *h = atomic_load_explicit(head, memory_order_relaxed);
@@ -175,7 +166,7 @@ static void wait_for_slot(xs_group *g, int lim)
         if ((atomic_load_explicit(&g->st, memory_order_relaxed) & COUNT_MASK) < (uint32_t)lim)
             return;
         if (i < SPINS)
-            cpu_relax();
+            xs__cpu_relax();
         else
             sched_yield();
     }
@@ -201,7 +192,7 @@ static int acquire_slot(xs_group *g, bool block)
         /* Acquire: a set_limit that finished is visible (its release store). */
         uint32_t s = atomic_load_explicit(&g->st, memory_order_acquire);
         if (s & F_SETTING) {
-            cpu_relax();
+            xs__cpu_relax();
             continue;
         }
         if ((s & COUNT_MASK) == COUNT_MASK)
@@ -338,7 +329,7 @@ int xs_group_wait_errs(xs_group *g, int *errs, size_t n)
             continue;
         }
         if (spins++ < SPINS) {
-            cpu_relax();
+            xs__cpu_relax();
             continue;
         }
         if (!(s & F_WAITZ) && !atomic_compare_exchange_strong_explicit(

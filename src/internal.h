@@ -20,6 +20,16 @@ void *xs__alloc(const xs_allocator *a, size_t size);
 void *xs__calloc(const xs_allocator *a, size_t size);
 void xs__free(const xs_allocator *a, void *ptr, size_t size);
 
+/* The spin-wait hint: lets the sibling hyperthread run, saves power. */
+static inline void xs__cpu_relax(void)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
 /* a + b clamped to [INT64_MIN, INT64_MAX]. */
 static inline int64_t xs__add_sat(int64_t a, int64_t b)
 {

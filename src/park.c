@@ -1,6 +1,8 @@
 /* park — futex on Linux, hashed condvar buckets in the portable build. */
 #include "park.h"
 
+#include "internal.h"
+
 #include <limits.h>
 #include <time.h>
 
@@ -136,9 +138,7 @@ void xs__lock_slow(xs__lock *l)
             atomic_compare_exchange_weak_explicit(&l->word, &expect, 1, memory_order_acquire,
                                                   memory_order_relaxed))
             return;
-#if defined(__x86_64__) || defined(__i386__)
-        __builtin_ia32_pause();
-#endif
+        xs__cpu_relax();
     }
     /* Mark contended (2) and sleep until we take it, keeping it marked 2
      * because other sleepers may remain. */

@@ -151,15 +151,6 @@ static _Thread_local int help_depth;
  * so helping never grows a thread's stack without bound. */
 #define MAX_HELP_DEPTH 32
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 /* ---- Chase-Lev deque (Lê, Pop, Cohen, Zappa Nardelli, PPoPP 2013), with
  * seq_cst accesses where the paper has fences ---- */
 
@@ -375,7 +366,7 @@ static bool find_work(worker *w, task *out)
             return true;
         if (round < SEARCH_ROUNDS / 2) {
             for (int i = 0; i < 32; i++)
-                cpu_relax();
+                xs__cpu_relax();
         } else {
             sched_yield();
         }

@@ -219,22 +219,13 @@ static void on_ctx_done(xs__ctx_waiter *cw)
         xs__park_wake(&w->word, 1);
 }
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 /* Returns once the word carries W_GRANTED or W_CTX_DONE. */
 static void wait_word(struct waiter *w)
 {
     for (int i = 0; i < SPIN_ROUNDS; i++) {
         if (atomic_load_explicit(&w->word, memory_order_acquire) != 0)
             return;
-        cpu_relax();
+        xs__cpu_relax();
     }
     uint32_t expect = 0;
     /* Acquire on failure: the grant or cancel that beat us is then seen. */

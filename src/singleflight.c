@@ -498,15 +498,6 @@ static void on_ctx_end(xs__ctx_waiter *w)
     xs__park_wake(&sw->call->word, INT32_MAX);
 }
 
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    __asm__ __volatile__("yield");
-#endif
-}
-
 static int take_result(sf_call *c, xs_sf_result *res)
 {
     /* Our holder reference was added by finish; drop the waiting one. */
@@ -526,7 +517,7 @@ static int wait_for(sf_call *c, xs_ctx *ctx, xs_sf_result *res)
     for (int i = 0; i < SPIN_ITERS; i++) {
         if (atomic_load_explicit(&c->word, memory_order_acquire) & WORD_DONE)
             return take_result(c, res);
-        cpu_relax();
+        xs__cpu_relax();
     }
     /* (When the task pool lands, this park is where a pool worker marks
      * itself blocked.) */
