@@ -116,17 +116,79 @@ static uint64_t thread_seed(const xs_bench_pb *pb, uint64_t run)
 
 /* ---- the stat set (the cached value) ----
  *
- * As in the seed: a few counters and a latency sum per name, each a plain
- * atomic word that every thread adds to.  All three caches use this same
- * stat set (in the limit no two threads ever share one).
+ * As in the seed: counters and a latency sum per name.  A counter that every
+ * thread adds to is built the way metrics libraries build them (the idea of
+ * Java's LongAdder): one word while a single thread uses it; once adds keep
+ * coming from different threads, one cache line per thread, summed when
+ * read, so that an add never has to pull a line out of another core's cache.
+ * All three caches use this same stat set; in the limit no counter is ever
+ * shared, so they all stay one word.  BenchmarkSyncMapCacheOneWord/N (full
+ * set) keeps every counter one word, to show what the sharing alone costs.
  */
 
+#define CELLS 8
+#define SWITCHES_TO_SPREAD 64
+
+typedef struct counter_cells {
+    struct {
+        _Atomic int64_t v;
+        char pad_[56];
+    } c[CELLS];
+} counter_cells;
+
+typedef struct counter {
+    _Atomic int64_t base;
+    _Atomic(counter_cells *) cells;
+    _Atomic uint32_t last;     /* 1 + the probe of the last adder */
+    _Atomic uint32_t switches; /* adds by another thread than the previous */
+} counter;
+
 typedef struct stat_set {
-    _Atomic int64_t success;
-    _Atomic int64_t error;
+    counter success;
+    counter error;
     _Atomic int64_t latency_ns;
     const xs_allocator *alloc;
 } stat_set;
+
+static bool one_word_counters; /* set by the *OneWord variant */
+
+static __attribute__((noinline)) void counter_spread(counter *c, const xs_allocator *a)
+{
+    counter_cells *fresh = a->alloc(a->state, sizeof *fresh);
+    if (!fresh)
+        return; /* stays one word */
+    memset(fresh, 0, sizeof *fresh);
+    counter_cells *none = NULL;
+    /* Release: adders that load the pointer see zeroed cells. */
+    if (!atomic_compare_exchange_strong_explicit(&c->cells, &none, fresh, memory_order_release,
+                                                 memory_order_relaxed))
+        a->free(a->state, fresh, sizeof *fresh);
+}
+
+static inline void counter_add(counter *c, int64_t d, unsigned probe, const xs_allocator *a)
+{
+    /* Relaxed throughout: counts, read after the threads are joined.
+     * Acquire on cells: pairs with the release that installed them. */
+    counter_cells *cs = atomic_load_explicit(&c->cells, memory_order_acquire);
+    if (__builtin_expect(cs != NULL, 0)) {
+        atomic_fetch_add_explicit(&cs->c[probe % CELLS].v, d, memory_order_relaxed);
+        return;
+    }
+    atomic_fetch_add_explicit(&c->base, d, memory_order_relaxed);
+    if (!one_word_counters && atomic_load_explicit(&c->last, memory_order_relaxed) != probe + 1) {
+        atomic_store_explicit(&c->last, probe + 1, memory_order_relaxed);
+        if (atomic_fetch_add_explicit(&c->switches, 1, memory_order_relaxed) + 1 ==
+            SWITCHES_TO_SPREAD)
+            counter_spread(c, a);
+    }
+}
+
+static void counter_free(counter *c, const xs_allocator *a)
+{
+    counter_cells *cs = atomic_load_explicit(&c->cells, memory_order_relaxed);
+    if (cs)
+        a->free(a->state, cs, sizeof *cs);
+}
 
 static stat_set *stat_set_new(void)
 {
@@ -134,9 +196,7 @@ static stat_set *stat_set_new(void)
     const xs_allocator *a = xs_allocator_default();
     stat_set *s = a->alloc(a->state, sizeof *s);
     if (s) {
-        atomic_init(&s->success, 0);
-        atomic_init(&s->error, 0);
-        atomic_init(&s->latency_ns, 0);
+        memset(s, 0, sizeof *s);
         s->alloc = a;
     }
     return s;
@@ -146,13 +206,14 @@ static void stat_set_free(void *p, void *arg)
 {
     (void)arg;
     stat_set *s = p;
+    counter_free(&s->success, s->alloc);
+    counter_free(&s->error, s->alloc);
     s->alloc->free(s->alloc->state, s, sizeof *s);
 }
 
-static inline void stat_set_success(stat_set *s)
+static inline void stat_set_success(stat_set *s, const xs_bench_pb *pb)
 {
-    /* Relaxed: a count, read after the threads are joined. */
-    atomic_fetch_add_explicit(&s->success, 1, memory_order_relaxed);
+    counter_add(&s->success, 1, (unsigned)xs_bench_pb_thread(pb), s->alloc);
 }
 
 /* ---- an unsynchronized open-addressing table (the limit, and the rwlock
@@ -291,7 +352,7 @@ static void syncmap_body(xs_bench_pb *pb, void *arg)
             xs_bench_fail(r->b, "load_or_create failed");
             return;
         }
-        stat_set_success(set);
+        stat_set_success(set, pb);
     }
 }
 
@@ -334,7 +395,7 @@ static void mutex_body(xs_bench_pb *pb, void *arg)
             xs_bench_fail(r->b, "out of memory");
             return;
         }
-        stat_set_success(set);
+        stat_set_success(set, pb);
     }
 }
 
@@ -358,7 +419,7 @@ static void unsync_body(xs_bench_pb *pb, void *arg)
                 return;
             }
         }
-        stat_set_success(e->value);
+        stat_set_success(e->value, pb);
     }
 }
 
@@ -368,6 +429,7 @@ typedef struct cache_case {
     enum cache_kind kind;
     size_t n;
     int slot;
+    bool one_word;
 } cache_case;
 
 static void bench_cache(xs_bench *b, void *arg)
@@ -381,6 +443,7 @@ static void bench_cache(xs_bench *b, void *arg)
     }
     xs_bench_start_timer(b);
     cache_run r = {b, c, atomic_fetch_add(&run_serial, 1) * UINT64_C(0x2545F4914F6CDD1D), NULL};
+    one_word_counters = cc->one_word;
     int threads = xs_bench_procs(b);
     switch (cc->kind) {
     case CACHE_SYNCMAP: {
@@ -438,16 +501,22 @@ static void bench_cache(xs_bench *b, void *arg)
 
 XS_BENCH_REGISTRATIONS(register_seed_table)
 {
-    static cache_case cases[3][8];
+    static cache_case cases[3][8], one_word[7];
     static const char *names[3] = {"BenchmarkMutexCache", "BenchmarkSyncMapCache",
                                    "BenchmarkUnsyncLimit"};
     for (int k = 0; k < 3; k++) {
         size_t n = 10;
         for (int i = 0; i < 8; i++, n *= 10) {
-            cases[k][i] = (cache_case){(enum cache_kind)k, n, i};
+            cases[k][i] = (cache_case){(enum cache_kind)k, n, i, false};
             xs_bench_registerf(bench_cache, &cases[k][i], i == 7 ? XS_BENCH_FULL : 0, "%s/%zu",
                                names[k], n);
         }
+    }
+    size_t n = 10;
+    for (int i = 0; i < 7; i++, n *= 10) {
+        one_word[i] = (cache_case){CACHE_SYNCMAP, n, i, true};
+        xs_bench_registerf(bench_cache, &one_word[i], XS_BENCH_FULL,
+                           "BenchmarkSyncMapCacheOneWord/%zu", n);
     }
 }
 

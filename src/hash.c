@@ -30,7 +30,7 @@ void xs__hash_key_init(xs__hash_key *key, uint64_t seed)
 
 uint64_t xs__hash_random_seed(void)
 {
-    /* Distinct per call even if the entropy source fails. */
+    /* Differs per call even if the entropy source fails. */
     static _Atomic uint64_t calls;
     uint64_t n = atomic_fetch_add_explicit(&calls, 1, memory_order_relaxed);
     uint64_t r = 0;

@@ -31,8 +31,8 @@ typedef struct xs__hash_key {
 void xs__hash_key_init(xs__hash_key *key, uint64_t seed);
 
 /* A fresh unpredictable seed (getrandom where available, else clock,
- * addresses and a counter mixed).  Two calls never return the same value
- * within a process.  Thread-safe. */
+ * addresses and a counter mixed).  Two calls return different values except
+ * by a 64-bit coincidence.  Thread-safe. */
 uint64_t xs__hash_random_seed(void);
 
 static inline uint64_t xs__hash_mix(uint64_t a, uint64_t b)
