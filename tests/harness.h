@@ -26,6 +26,16 @@
 #include <time.h>
 #include <unistd.h>
 
+/* TH_TSAN: defined in ThreadSanitizer builds (gcc and clang), for the few
+ * tests TSan cannot run (threads started after a multi-threaded fork). */
+#if defined(__SANITIZE_THREAD__)
+#define TH_TSAN 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define TH_TSAN 1
+#endif
+#endif
+
 #ifndef TH_TIMEOUT_S
 #define TH_TIMEOUT_S 60
 #endif

@@ -1075,14 +1075,6 @@ TEST(clock_busy_until_contexts_released_not_just_cancelled)
     EXPECT_EQ(xs_clock_free(clk), 0);
 }
 
-#if defined(__SANITIZE_THREAD__)
-#define TH_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define TH_TSAN 1
-#endif
-#endif
-
 TEST(deadlines_fire_in_a_forked_child)
 {
 #ifdef TH_TSAN

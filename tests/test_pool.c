@@ -636,14 +636,6 @@ TEST(pool_stress_nested_groups_with_blocking_leaves)
     free(n);
 }
 
-#if defined(__SANITIZE_THREAD__)
-#define TH_TSAN 1
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-#define TH_TSAN 1
-#endif
-#endif
-
 #ifndef TH_TSAN
 static void set_flag(void *arg)
 {
