@@ -989,7 +989,11 @@ static int upsert(xs_map *m, uint64_t h, const void *key, size_t len, void *valu
     return rc;
 }
 
-int xs_map_store(xs_map *m, const void *key, size_t len, void *value)
+/* Validates, hashes and runs upsert inside a guard: the common body of the
+ * store, swap and load_or_store entry points. */
+static int guarded_upsert(xs_map *m, const void *key, size_t len, void *value,
+                          enum upsert_mode mode,
+                          void **out, bool *loaded)
 {
     if (!m || !valid_key(key, len))
         return XS_EINVAL;
@@ -997,26 +1001,24 @@ int xs_map_store(xs_map *m, const void *key, size_t len, void *value)
     int rc = xs__ebr_enter();
     if (rc)
         return rc;
-    void *prev;
-    bool loaded;
-    rc = upsert(m, h, key, len, value, UPSERT_STORE, &prev, &loaded);
+    rc = upsert(m, h, key, len, value, mode, out, loaded);
     xs__ebr_leave();
     return rc;
+}
+
+int xs_map_store(xs_map *m, const void *key, size_t len, void *value)
+{
+    void *prev;
+    bool loaded;
+    return guarded_upsert(m, key, len, value, UPSERT_STORE, &prev, &loaded);
 }
 
 int xs_map_swap(xs_map *m, const void *key, size_t len, void *value, void **previous,
                 bool *loaded)
 {
-    if (!m || !valid_key(key, len))
-        return XS_EINVAL;
-    uint64_t h = hash_of(m, key, len);
-    int rc = xs__ebr_enter();
-    if (rc)
-        return rc;
     void *prev;
     bool l;
-    rc = upsert(m, h, key, len, value, UPSERT_STORE, &prev, &l);
-    xs__ebr_leave();
+    int rc = guarded_upsert(m, key, len, value, UPSERT_STORE, &prev, &l);
     if (rc == 0) {
         if (l && previous)
             *previous = prev;
@@ -1029,16 +1031,9 @@ int xs_map_swap(xs_map *m, const void *key, size_t len, void *value, void **prev
 int xs_map_load_or_store(xs_map *m, const void *key, size_t len, void *value, void **actual,
                          bool *loaded)
 {
-    if (!m || !valid_key(key, len))
-        return XS_EINVAL;
-    uint64_t h = hash_of(m, key, len);
-    int rc = xs__ebr_enter();
-    if (rc)
-        return rc;
     void *a;
     bool l;
-    rc = upsert(m, h, key, len, value, UPSERT_LOAD_OR_STORE, &a, &l);
-    xs__ebr_leave();
+    int rc = guarded_upsert(m, key, len, value, UPSERT_LOAD_OR_STORE, &a, &l);
     if (rc == 0) {
         if (actual)
             *actual = a;
