@@ -11,6 +11,7 @@
 #include <xsync/rate.h>
 #include <xsync/semaphore.h>
 #include <xsync/singleflight.h>
+#include <xsync/stats.h>
 #include <xsync/time.h>
 
 #endif
