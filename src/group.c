@@ -15,6 +15,16 @@
  * the limit only by turning a zero word into SETTING, so the limit a go
  * reads while its increment stands cannot change under it.
  *
+ * Hand-off.  A go that finds the limit full offers its task in `offer`
+ * (one offer at a time; further goers wait on `st` as before) and waits.
+ * A task that ends looks at `offer` before giving back its slot: if a task
+ * is offered it takes it and runs it at once on the same thread, so the
+ * slot passes from one task to the next without touching the pool's
+ * queues or waking a thread.  The goer, told `taken`, returns; if instead a
+ * slot comes free (a task ended without seeing the offer) or the group
+ * stops, it withdraws its offer with a CAS and goes the ordinary way.
+ * The offer never runs in the goer's own thread.
+ *
  * A task is queued on the pool as (runner, user function, user argument,
  * group): no allocation per task.  Collect mode needs a result slot per
  * task: records from chunks owned by the group (a handful of allocations
@@ -45,6 +55,14 @@ typedef struct rec {
     int err;
 } rec;
 
+/* A go's task offered on a full limit; lives on the goer's stack until
+ * `taken` is set (after which the goer may return at once). */
+typedef struct offer {
+    xs__fn f;
+    void *a; /* the user's argument, or the task's record (collect mode) */
+    _Atomic uint32_t taken;
+} offer;
+
 typedef struct chunk {
     struct chunk *next;
     rec recs[CHUNK];
@@ -54,6 +72,7 @@ typedef struct chunk {
  * go writes (mu and its fields) sit on different cache lines. */
 struct xs_group {
     _Atomic uint32_t st;
+    _Atomic(offer *) offer; /* beside st: goer and taker touch both */
     _Atomic int limit; /* -1: none; changed only under SETTING */
     _Atomic int err;   /* first non-zero task result */
     unsigned flags;
@@ -109,28 +128,63 @@ static void note_result(xs_group *g, int e)
         xs_ctx_cancel(g->ctx, e);
 }
 
-/* The pool runs a task as group_run(user fn, user arg, group). */
-static void group_run(xs__fn f, void *arg, void *gp)
+/* Runs one task: the user's function, then its result. */
+static void run_one(xs_group *g, xs__fn f, void *a)
 {
-    xs_group *g = gp;
-    note_result(g, ((xs_group_fn)f)(g->ctx, arg));
-    slot_release(g);
-}
-
-/* Collect mode: the argument is the task's record. */
-static void group_run_collect(xs__fn f, void *rp, void *gp)
-{
-    xs_group *g = gp;
-    rec *r = rp;
+    if (!(g->flags & XS_GROUP_COLLECT)) {
+        note_result(g, ((xs_group_fn)f)(g->ctx, a));
+        return;
+    }
+    rec *r = a;
     r->err = ((xs_group_fn)f)(g->ctx, r->arg);
     note_result(g, r->err);
     push(&g->done, r);
-    slot_release(g);
 }
 
-static xs__task_run runner(const xs_group *g)
+/* A goer parked on st for its offer: clearing F_WAITS changes the word it
+ * sleeps on, so the wake cannot fall between its check and its sleep. */
+static void wake_goers(xs_group *g)
 {
-    return g->flags & XS_GROUP_COLLECT ? group_run_collect : group_run;
+    /* Release: a goer that reads st after this (or after a later RMW in
+     * its release sequence) sees `taken`. */
+    if (atomic_fetch_and_explicit(&g->st, ~F_WAITS, memory_order_acq_rel) & F_WAITS)
+        xs__park_wake(&g->st, INT32_MAX);
+}
+
+static bool stopped(xs_group *g)
+{
+    return (g->flags & XS_GROUP_STOP_ON_FAILURE) &&
+           atomic_load_explicit(&g->err, memory_order_relaxed) != 0;
+}
+
+/* The pool runs a task as group_run(user fn, argument, group): the task,
+ * then every task offered meanwhile on the same slot, then the slot goes
+ * back. */
+static void group_run(xs__fn f, void *a, void *gp)
+{
+    xs_group *g = gp;
+    for (;;) {
+        run_one(g, f, a);
+        /* Acquire: the offer's fields, written before it was published. */
+        offer *o = atomic_load_explicit(&g->offer, memory_order_relaxed);
+        if (!o || stopped(g) ||
+            !(o = atomic_exchange_explicit(&g->offer, NULL, memory_order_acquire)))
+            break;
+        f = o->f;
+        a = o->a;
+        if (g->flags & XS_GROUP_COLLECT) {
+            xs__lock_acquire(&g->mu);
+            ((rec *)a)->idx = g->next_idx++; /* go succeeds now */
+            xs__lock_release(&g->mu);
+        }
+        /* Release: the goer may reuse *o once it sees this; our reads of
+         * it come first. */
+        atomic_store_explicit(&o->taken, 1, memory_order_release);
+        wake_goers(g);
+    }
+    /* The offer we did not see: its goer sees our decrement (both are
+     * RMWs on st, or its offer CAS precedes our load and we saw it). */
+    slot_release(g);
 }
 
 /* mu held. */
@@ -152,41 +206,61 @@ static rec *rec_get(xs_group *g)
     return &g->chunks->recs[g->carve++];
 }
 
-/*
- * Waits until the count may be below lim: polls briefly, then parks (a
- * library wait, so a pool thread lends its slot).  It helps only when the
- * group opted in: a task run here could wait for what our caller does once
- * go returns, where in Go another task finishing would have freed the slot.
- */
-static void wait_for_slot(xs_group *g, int lim)
+/* Sleeps on st until it changes, announcing the sleep with F_WAITS; `s`
+ * is the value last read.  Returns at once if the word moved, or if the
+ * offer `o` (NULL: none) turns out to be taken. */
+static void park_on_st(xs_group *g, uint32_t s, offer *o)
 {
-    if ((g->flags & XS_GROUP_GO_HELPS) && xs__pool_help(g->pool, runner(g), g))
-        return;
-    for (int i = 0; i < SPINS + YIELDS; i++) {
-        if ((atomic_load_explicit(&g->st, memory_order_relaxed) & COUNT_MASK) < (uint32_t)lim)
-            return;
-        if (i < SPINS)
-            xs__cpu_relax();
-        else
-            sched_yield();
-    }
-    uint32_t s = atomic_load_explicit(&g->st, memory_order_relaxed);
-    if ((s & COUNT_MASK) < (uint32_t)lim)
-        return;
+    /* Acq_rel: if our CAS reads from a taker's wake_goers (which found no
+     * flag to clear), its `taken` is visible to the load below. */
     if (!(s & F_WAITS) && !atomic_compare_exchange_strong_explicit(
-                              &g->st, &s, s | F_WAITS, memory_order_relaxed, memory_order_relaxed))
+                              &g->st, &s, s | F_WAITS, memory_order_acq_rel, memory_order_relaxed))
+        return;
+    if (o && atomic_load_explicit(&o->taken, memory_order_acquire))
         return;
     xs__park_wait(&g->st, s | F_WAITS, XS_FOREVER);
 }
 
-static bool stopped(xs_group *g)
+/*
+ * The limit is full: waits until a slot may be free (false) or until a task
+ * that ended took the offered task `o` in its slot (true).  Polls briefly,
+ * then parks (a library wait, so a pool thread lends its slot).  It runs a
+ * task itself only when the group opted in (XS_GROUP_GO_HELPS): a task run
+ * here could wait for what our caller does once go returns, where in Go
+ * another task finishing would have freed the slot.
+ */
+static bool wait_full(xs_group *g, int lim, offer *o)
 {
-    return (g->flags & XS_GROUP_STOP_ON_FAILURE) &&
-           atomic_load_explicit(&g->err, memory_order_relaxed) != 0;
+    if ((g->flags & XS_GROUP_GO_HELPS) && xs__pool_help(g->pool, group_run, g))
+        return false;
+    offer *none = NULL;
+    /* Release: a taker's acquire exchange sees the offer's fields. */
+    bool offered = atomic_compare_exchange_strong_explicit(&g->offer, &none, o, memory_order_release,
+                                                           memory_order_relaxed);
+    bool mine = offered; /* ours to withdraw */
+    for (int i = 0;; i++) {
+        if (offered && atomic_load_explicit(&o->taken, memory_order_acquire))
+            return true;
+        uint32_t s = atomic_load_explicit(&g->st, memory_order_acquire);
+        if ((mine || !offered) && ((s & COUNT_MASK) < (uint32_t)lim || stopped(g))) {
+            offer *me = o;
+            if (!offered || atomic_compare_exchange_strong_explicit(
+                                &g->offer, &me, NULL, memory_order_relaxed, memory_order_relaxed))
+                return false;
+            mine = false; /* a task has it: `taken` follows, then wake_goers */
+        }
+        if (i < SPINS)
+            xs__cpu_relax();
+        else if (i < SPINS + YIELDS)
+            sched_yield();
+        else
+            park_on_st(g, s, offered ? o : NULL);
+    }
 }
 
-/* Takes an active-task slot: 0, or an error with nothing taken. */
-static int acquire_slot(xs_group *g, bool block)
+/* Takes an active-task slot (0), or has a task take `o` in its own slot
+ * (1), or fails (an error, nothing taken). */
+static int acquire_slot(xs_group *g, bool block, offer *o)
 {
     for (;;) {
         /* Acquire: a set_limit that finished is visible (its release store). */
@@ -205,7 +279,8 @@ static int acquire_slot(xs_group *g, bool block)
                 return XS_ELIMIT;
             if (!block)
                 return XS_EAGAIN;
-            wait_for_slot(g, lim);
+            if (wait_full(g, lim, o))
+                return 1;
             if (stopped(g))
                 return XS_ECANCELED;
             continue;
@@ -228,36 +303,39 @@ static int go_common(xs_group *g, xs_group_fn fn, void *arg, bool block)
         return XS_EINVAL;
     if (stopped(g))
         return XS_ECANCELED;
-    int r = acquire_slot(g, block);
-    if (r)
-        return r;
-    if (!(g->flags & XS_GROUP_COLLECT)) {
-        r = xs__pool_submit_task(g->pool, group_run, (xs__fn)fn, arg, g);
-        if (r)
-            slot_release(g);
-        return r;
-    }
-    xs__lock_acquire(&g->mu);
-    rec *rc = rec_get(g);
-    if (rc) {
-        rc->idx = g->next_idx++;
+    rec *rc = NULL;
+    if (g->flags & XS_GROUP_COLLECT) {
+        xs__lock_acquire(&g->mu);
+        rc = rec_get(g);
+        xs__lock_release(&g->mu);
+        if (!rc)
+            return XS_ENOMEM;
         rc->arg = arg;
         rc->err = 0;
+        rc->idx = UINT32_MAX; /* none yet: given when the task is started */
     }
-    xs__lock_release(&g->mu);
-    if (!rc) {
+    offer o = {(xs__fn)fn, rc ? (void *)rc : arg, 0};
+    int r = acquire_slot(g, block, &o);
+    if (r == 1)
+        return 0; /* a task took it: running, with its index */
+    if (r == 0) {
+        if (rc) {
+            xs__lock_acquire(&g->mu);
+            rc->idx = g->next_idx++;
+            xs__lock_release(&g->mu);
+        }
+        r = xs__pool_submit_task(g->pool, group_run, o.f, o.a, g);
+        if (r == 0)
+            return 0;
         slot_release(g);
-        return XS_ENOMEM;
     }
-    r = xs__pool_submit_task(g->pool, group_run_collect, (xs__fn)fn, rc, g);
-    if (r) {
+    if (rc) {
         xs__lock_acquire(&g->mu);
-        if (rc->idx + 1 == g->next_idx)
+        if (rc->idx != UINT32_MAX && rc->idx + 1 == g->next_idx)
             g->next_idx--;
         rc->next = g->free;
         g->free = rc;
         xs__lock_release(&g->mu);
-        slot_release(g);
     }
     return r;
 }
@@ -324,7 +402,7 @@ int xs_group_wait_errs(xs_group *g, int *errs, size_t n)
         uint32_t s = atomic_load_explicit(&g->st, memory_order_acquire);
         if ((s & COUNT_MASK) == 0)
             break;
-        if (xs__pool_help(g->pool, runner(g), g)) {
+        if (xs__pool_help(g->pool, group_run, g)) {
             spins = 0;
             continue;
         }

@@ -4,6 +4,7 @@
 #include <xsync/context.h>
 #include <xsync/group.h>
 #include <xsync/pool.h>
+#include <xsync/time.h>
 
 #include "harness.h"
 
@@ -491,6 +492,102 @@ TEST(group_stress_concurrent_go_with_limit)
     EXPECT_EQ(xs_group_wait(st.g), 0);
     EXPECT_EQ(atomic_load(&st.ran), 4 * 2000);
     EXPECT_EQ(xs_group_free(st.g), 0);
+}
+
+/* Stress: the hand-off of a blocked go's task to the task that ends next.
+ * Small limits on a 2-worker pool, many rounds, one and several goers,
+ * plain and collect mode: every task runs exactly once, collect indexes
+ * are a permutation of 0..n-1, and no go or wait is left parked (a lost
+ * wake-up hangs the test, which the watchdog fails by name). */
+typedef struct handoff {
+    xs_group *g;
+    int per_thread;
+    _Atomic int ran;
+    _Atomic int bad;
+    _Atomic int active;
+    _Atomic int seq; /* collect mode: each task returns a distinct seq + 1 */
+    int lim;
+    bool collect;
+} handoff;
+
+static int handoff_task(xs_ctx *ctx, void *arg)
+{
+    (void)ctx;
+    handoff *h = arg;
+    int a = atomic_fetch_add(&h->active, 1) + 1;
+    if (a > h->lim)
+        atomic_fetch_add(&h->bad, 1);
+    /* Some tasks run a while, so that the goers' waits go all the way to
+     * parking, with the next task ending at a random moment of it. */
+    int r = atomic_fetch_add(&h->ran, 1);
+    if (r % 7 == 0) {
+        int64_t until = xs_now() + (r * 2654435761u) % (40 * XS_USEC);
+        while (xs_now() < until)
+            ;
+    }
+    atomic_fetch_sub(&h->active, 1);
+    return h->collect ? atomic_fetch_add(&h->seq, 1) + 1 : 0;
+}
+
+static void *handoff_goer(void *arg)
+{
+    handoff *h = arg;
+    for (int i = 0; i < h->per_thread; i++)
+        if (xs_group_go(h->g, handoff_task, h) != 0)
+            atomic_fetch_add(&h->bad, 1);
+    return NULL;
+}
+
+TEST_T(group_stress_blocked_go_hands_its_task_to_the_next_ending_task, 120)
+{
+    xs_pool_opts po = {.workers = 2};
+    xs_pool *p;
+    ASSERT_EQ(xs_pool_new(&po, &p), 0);
+#ifdef TH_TSAN
+    int rounds = 40; /* TSan runs this 10-20x slower; the scenario is the same */
+#else
+    int rounds = 200;
+#endif
+    for (int round = 0; round < rounds; round++) {
+        unsigned flags = round & 1 ? XS_GROUP_COLLECT : 0;
+        int goers = 1 + round % 3, lim = 1 + (round / 2) % 2;
+        handoff h = {.per_thread = 600, .lim = lim, .collect = flags != 0};
+        xs_group_opts o = {.pool = p, .limit = lim, .flags = flags};
+        ASSERT_EQ(xs_group_new(NULL, &o, &h.g, NULL), 0);
+        pthread_t th[3];
+        for (int i = 0; i < goers; i++)
+            ASSERT_EQ(pthread_create(&th[i], NULL, handoff_goer, &h), 0);
+        for (int i = 0; i < goers; i++)
+            pthread_join(th[i], NULL);
+        int n = goers * h.per_thread;
+        static int errs[3 * 600 + 1];
+        static bool seen[3 * 600 + 1];
+        errs[n] = -1;
+        int e = xs_group_wait_errs(h.g, errs, (size_t)n + 1);
+        EXPECT_EQ(atomic_load(&h.ran), n);
+        EXPECT_EQ(atomic_load(&h.bad), 0);
+        if (!flags) {
+            EXPECT_EQ(e, 0);
+            EXPECT_EQ(errs[n], -1); /* left alone outside collect mode */
+        } else {
+            /* n results at indexes 0..n-1, a permutation of 1..n; wait
+             * returns index 0's; nothing past them. */
+            EXPECT_EQ(e, errs[0]);
+            EXPECT_EQ(errs[n], 0);
+            memset(seen, 0, sizeof seen);
+            int dup = 0;
+            for (int i = 0; i < n; i++) {
+                int v = errs[i];
+                if (v < 1 || v > n || seen[v])
+                    dup++;
+                else
+                    seen[v] = true;
+            }
+            EXPECT_EQ(dup, 0);
+        }
+        EXPECT_EQ(xs_group_free(h.g), 0);
+    }
+    EXPECT_EQ(xs_pool_free(p), 0);
 }
 
 /* Stress: cancellation racing completion.  Many rounds of a group whose
