@@ -215,7 +215,9 @@ static size_t fmt_scaled(char *out, int64_t v, unsigned digits, uint64_t scale)
 /* ====================================================================== */
 
 #define SUB_BITS 7
-#define NBUCKETS (57 << SUB_BITS) /* shifts 0..55, plus the exact 0..127 */
+/* index = shift * 128 + (v >> shift): shift 0 gives 0..255, shift 1..55
+ * (INT64_MAX has shift 55) give 128 more each. */
+#define NBUCKETS (57 << SUB_BITS)
 
 static inline size_t bucket_of(uint64_t v)
 {
@@ -1057,7 +1059,7 @@ static void sd_timer_record(xs_stat_timer *h, int64_t ns)
         /* Acquire: pairs with the flusher's release that freed the slot, so
          * our writes below come after its reads. */
         size_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
-        intptr_t dif = (intptr_t)seq - (intptr_t)pos;
+        intptr_t dif = (intptr_t)(seq - pos); /* wraps: no signed overflow */
         if (dif == 0) {
             if (atomic_compare_exchange_weak_explicit(&sd->enq, &pos, pos + 1,
                                                       memory_order_relaxed,

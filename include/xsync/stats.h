@@ -317,7 +317,9 @@ typedef struct xs_stat_statsd_options {
     const char *host;        /* server address or host name; NULL: "127.0.0.1".
                               * Resolved once, in xs_stat_statsd_new, with
                               * getaddrinfo (which may block on DNS; a numeric
-                              * address never does). */
+                              * address never does); the first address it
+                              * returns is used ("localhost" may give ::1 while
+                              * the server listens on 127.0.0.1 only). */
     uint16_t port;           /* 0: 8125 */
     const char *prefix;      /* prepended to every name, e.g. "myapp."; NULL: none */
     size_t max_payload;      /* bytes per datagram, 64..65507; 0: 1432 (fits a
