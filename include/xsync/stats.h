@@ -110,21 +110,22 @@ static inline void xs_stat_record(xs_stat_timer *t, int64_t ns)
  * Names map to metrics through an xs_map (load_or_create: a metric is
  * created exactly once however many threads ask for it at the same time);
  * asking again for a name returns the same handle.  Names are stored
- * verbatim: any bytes, 1 to XS_MAP_KEY_MAX long (longer: XS_EINVAL).
+ * verbatim: any bytes, 1 to XS_MAP_KEY_MAX (65536) long (longer: XS_EINVAL).
  *
  * Counters are int64 sums.  Each counter is striped: one cache line per
  * stripe, a thread always adding to the same stripe (threads are dealt
  * stripes round-robin; the stripe count is the CPU count rounded up to a
  * power of two, at most 64), so threads on different CPUs do not fight over
  * one line.  A read sums the stripes: exact once the adders are done (e.g.
- * joined); while adds run, some value the sum had in between.  Sums wrap
+ * joined); while adds run, it counts each concurrent add or not.  Sums wrap
  * around on int64 overflow.
  *
  * Timers are log-linear histograms in the HdrHistogram style: values 0..255
  * ns have a bucket each; above, every range [2^k, 2^(k+1)) is split into
  * 128 equal buckets, up to INT64_MAX.  A quantile is reported as the middle
  * of the bucket holding it, clamped to [min, max], so it is within 1/256
- * (0.4%) of the true sample value (exact below 256 ns).  Count, sum, min and
+ * (0.4%) of the true sample value (exact below 256 ns, and for the lowest
+ * and highest rank, which are the min and max).  Count, sum, min and
  * max are exact.  A timer holds 7296 64-bit buckets: about 57 KiB, allocated
  * when the timer is created.  Negative durations are recorded as 0.  The sum
  * wraps after 2^63 ns (292 years of total latency).
