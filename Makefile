@@ -1,12 +1,19 @@
 # Thin wrapper over CMake: the README's commands.
 #   make test    configure, build, run every test program (ctest)
-#   make bench   Release build, run the quick benchmark set
+#   make bench   Release build, run the benchmark set, then the seed's table
+#                (bench/seed-table.sh: writes bench/results/seed-table.txt,
+#                and .png with gnuplot; knobs COUNT, BENCHTIME, FULL=1)
 #   make check   normal, ASan+UBSan, TSan and portable builds, each with its tests
 # CC selects the compiler (CC=clang make test); JOBS the build parallelism.
 
 CC ?= cc
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 BENCH_ARGS ?= -benchtime 1s -count 1
+# The seed-table rows run in the table below, not in the plain set.
+SEED_ROWS = ^Benchmark(MutexCache|SyncMapCache|SyncMapCacheOneWord|UnsyncLimit)/
+COUNT ?= 5
+BENCHTIME ?= 1s
+export COUNT BENCHTIME FULL
 BUILD ?= build
 CMAKE ?= cmake
 CTEST ?= ctest
@@ -31,7 +38,8 @@ test:
 bench:
 	$(CMAKE) -S . -B build-release -DCMAKE_C_COMPILER=$(CC) -DCMAKE_BUILD_TYPE=Release -DXS_BUILD_TESTS=OFF >/dev/null
 	$(CMAKE) --build build-release -j $(JOBS) --target xsync-bench
-	./build-release/bench/xsync-bench $(BENCH_ARGS)
+	./build-release/bench/xsync-bench $(BENCH_ARGS) -skip '$(SEED_ROWS)'
+	sh bench/seed-table.sh ./build-release/bench/xsync-bench
 
 check: check-normal check-asan check-tsan check-portable
 

@@ -598,6 +598,9 @@ typedef struct options {
     int ncpus;
     bool full;
     const char *list_re;
+    const char *skip_re;
+    bool has_skip;
+    regex_t skip; /* compiled skip_re, when has_skip */
 } options;
 
 typedef struct result {
@@ -854,6 +857,7 @@ static void usage(FILE *f)
             "  -cpu LIST        comma-separated P values; a parallel benchmark runs P\n"
             "                   threads and names get a -P suffix when P > 1\n"
             "                   (default: the number of usable CPUs)\n"
+            "  -skip REGEX      leave out benchmarks matching REGEX (after -bench)\n"
             "  -full            include the slow benchmarks of the full set\n"
             "  -list REGEX      print the names of matching benchmarks and exit\n"
             "                   (honours -full)\n"
@@ -1058,7 +1062,8 @@ static int parse_flags(int argc, char **argv, options *o)
             continue;
         }
         bool known = !strcmp(name, "bench") || !strcmp(name, "benchtime") ||
-                     !strcmp(name, "count") || !strcmp(name, "cpu") || !strcmp(name, "list");
+                     !strcmp(name, "count") || !strcmp(name, "cpu") || !strcmp(name, "list") ||
+                     !strcmp(name, "skip");
         if (!known)
             return usage_error("flag provided but not defined: %s", argv[i]);
         if (!value) {
@@ -1070,6 +1075,8 @@ static int parse_flags(int argc, char **argv, options *o)
             o->bench_re = value;
         } else if (!strcmp(name, "list")) {
             o->list_re = value;
+        } else if (!strcmp(name, "skip")) {
+            o->skip_re = value;
         } else if (!strcmp(name, "benchtime")) {
             if (!parse_benchtime(value, o))
                 return usage_error("invalid value \"%s\" for -benchtime", value);
@@ -1101,6 +1108,8 @@ static bool compile_re(regex_t *re, const char *pattern, const char *flag)
 static bool selected(const entry *e, const regex_t *re, const options *o)
 {
     if ((e->flags & XS_BENCH_FULL) && !o->full)
+        return false;
+    if (o->has_skip && regexec(&o->skip, e->name, 0, NULL, 0) == 0)
         return false;
     return regexec(re, e->name, 0, NULL, 0) == 0;
 }
@@ -1220,8 +1229,16 @@ int main(int argc, char **argv)
             }
         }
     }
+    if (status < 0 && o.skip_re) {
+        if (compile_re(&o.skip, o.skip_re, "skip"))
+            o.has_skip = true;
+        else
+            status = 2;
+    }
     if (status < 0)
         status = run_all(&o);
+    if (o.has_skip)
+        regfree(&o.skip);
     free(o.cpus);
     free_registry();
     return status;
