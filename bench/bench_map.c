@@ -116,89 +116,58 @@ static uint64_t thread_seed(const xs_bench_pb *pb, uint64_t run)
 
 /* ---- the stat set (the cached value) ----
  *
- * As in the seed: counters and a latency sum per name.  A counter that every
- * thread adds to is built the way metrics libraries build them (the idea of
- * Java's LongAdder): one word while a single thread uses it; once adds keep
- * coming from different threads, one cache line per thread, summed when
- * read, so that an add never has to pull a line out of another core's cache.
- * All three caches use this same stat set; in the limit no counter is ever
- * shared, so they all stay one word.  BenchmarkSyncMapCacheOneWord/N (full
- * set) keeps every counter one word, to show what the sharing alone costs.
+ * As in the seed: success and error counters and a latency sum per name.
+ * The counters are built the way metrics libraries (and this library's
+ * stats registry) build counters that every thread adds to: striped, one
+ * cache line per stripe, as many stripes as CPUs (rounded up to a power of
+ * two), each thread adding to its own stripe and a read summing them — an
+ * add is still one atomic instruction, and never has to pull a line out of
+ * another core's cache.  All three caches use this same stat set.
+ * BenchmarkSyncMapCacheOneWord/N (full set) makes every thread add to the
+ * first stripe, a plain shared word, to show what the sharing alone costs.
  */
 
-#define CELLS 8
-#define SWITCHES_TO_SPREAD 64
-
-typedef struct counter_cells {
-    struct {
-        _Atomic int64_t v;
-        char pad_[56];
-    } c[CELLS];
-} counter_cells;
-
-typedef struct counter {
-    _Atomic int64_t base;
-    _Atomic(counter_cells *) cells;
-    _Atomic uint32_t last;     /* 1 + the probe of the last adder */
-    _Atomic uint32_t switches; /* adds by another thread than the previous */
-} counter;
+typedef struct stripe {
+    _Atomic int64_t v;
+    char pad_[56];
+} stripe;
 
 typedef struct stat_set {
-    counter success;
-    counter error;
+    stripe *success;     /* nstripes lines, then as many for errors */
+    stripe *error;
     _Atomic int64_t latency_ns;
+    void *block;         /* what was allocated (stripes are 64-byte aligned in it) */
+    size_t size;
     const xs_allocator *alloc;
 } stat_set;
 
+static unsigned nstripes = 1; /* set once per run: CPUs rounded up to a power of two */
 static bool one_word_counters; /* set by the *OneWord variant */
 
-static __attribute__((noinline)) void counter_spread(counter *c, const xs_allocator *a)
+static void stripes_init(int cpus)
 {
-    counter_cells *fresh = a->alloc(a->state, sizeof *fresh);
-    if (!fresh)
-        return; /* stays one word */
-    memset(fresh, 0, sizeof *fresh);
-    counter_cells *none = NULL;
-    /* Release: adders that load the pointer see zeroed cells. */
-    if (!atomic_compare_exchange_strong_explicit(&c->cells, &none, fresh, memory_order_release,
-                                                 memory_order_relaxed))
-        a->free(a->state, fresh, sizeof *fresh);
-}
-
-static inline void counter_add(counter *c, int64_t d, unsigned probe, const xs_allocator *a)
-{
-    /* Relaxed throughout: counts, read after the threads are joined.
-     * Acquire on cells: pairs with the release that installed them. */
-    counter_cells *cs = atomic_load_explicit(&c->cells, memory_order_acquire);
-    if (__builtin_expect(cs != NULL, 0)) {
-        atomic_fetch_add_explicit(&cs->c[probe % CELLS].v, d, memory_order_relaxed);
-        return;
-    }
-    atomic_fetch_add_explicit(&c->base, d, memory_order_relaxed);
-    if (!one_word_counters && atomic_load_explicit(&c->last, memory_order_relaxed) != probe + 1) {
-        atomic_store_explicit(&c->last, probe + 1, memory_order_relaxed);
-        if (atomic_fetch_add_explicit(&c->switches, 1, memory_order_relaxed) + 1 ==
-            SWITCHES_TO_SPREAD)
-            counter_spread(c, a);
-    }
-}
-
-static void counter_free(counter *c, const xs_allocator *a)
-{
-    counter_cells *cs = atomic_load_explicit(&c->cells, memory_order_relaxed);
-    if (cs)
-        a->free(a->state, cs, sizeof *cs);
+    unsigned n = 1;
+    while (n < (unsigned)cpus && n < 64)
+        n *= 2;
+    nstripes = n;
 }
 
 static stat_set *stat_set_new(void)
 {
     /* the counting allocator while a run is timed, as Go counts mallocs */
     const xs_allocator *a = xs_allocator_default();
-    stat_set *s = a->alloc(a->state, sizeof *s);
-    if (s) {
-        memset(s, 0, sizeof *s);
-        s->alloc = a;
-    }
+    size_t size = sizeof(stat_set) + 64 + 2 * (size_t)nstripes * sizeof(stripe);
+    char *blk = a->alloc(a->state, size);
+    if (!blk)
+        return NULL;
+    memset(blk, 0, size);
+    stat_set *s = (stat_set *)(void *)blk;
+    uintptr_t lines = ((uintptr_t)(blk + sizeof *s) + 63) & ~(uintptr_t)63;
+    s->success = (stripe *)lines;
+    s->error = s->success + nstripes;
+    s->block = blk;
+    s->size = size;
+    s->alloc = a;
     return s;
 }
 
@@ -206,14 +175,14 @@ static void stat_set_free(void *p, void *arg)
 {
     (void)arg;
     stat_set *s = p;
-    counter_free(&s->success, s->alloc);
-    counter_free(&s->error, s->alloc);
-    s->alloc->free(s->alloc->state, s, sizeof *s);
+    s->alloc->free(s->alloc->state, s->block, s->size);
 }
 
 static inline void stat_set_success(stat_set *s, const xs_bench_pb *pb)
 {
-    counter_add(&s->success, 1, (unsigned)xs_bench_pb_thread(pb), s->alloc);
+    unsigned k = one_word_counters ? 0 : (unsigned)xs_bench_pb_thread(pb) & (nstripes - 1);
+    /* Relaxed: a count, read after the threads are joined. */
+    atomic_fetch_add_explicit(&s->success[k].v, 1, memory_order_relaxed);
 }
 
 /* ---- an unsynchronized open-addressing table (the limit, and the rwlock
@@ -445,6 +414,7 @@ static void bench_cache(xs_bench *b, void *arg)
     cache_run r = {b, c, atomic_fetch_add(&run_serial, 1) * UINT64_C(0x2545F4914F6CDD1D), NULL};
     one_word_counters = cc->one_word;
     int threads = xs_bench_procs(b);
+    stripes_init(threads);
     switch (cc->kind) {
     case CACHE_SYNCMAP: {
         stat_cache *cache = NULL;
