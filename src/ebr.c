@@ -37,9 +37,23 @@ static void on_thread_exit(void *p)
     atomic_store_explicit(&r->used, 0, memory_order_release);
 }
 
+/* In a forked child only the forking thread exists: every other record's
+ * owner is gone, so none of them may hold the epoch back. */
+static void fork_child(void)
+{
+    for (xs__ebr_rec *r = atomic_load_explicit(&records, memory_order_relaxed); r; r = r->next) {
+        if (r == xs__ebr_self)
+            continue;
+        r->nest = 0;
+        atomic_store_explicit(&r->epoch, 0, memory_order_relaxed);
+        atomic_store_explicit(&r->used, 0, memory_order_relaxed);
+    }
+}
+
 static void init(void)
 {
     (void)pthread_key_create(&exit_key, on_thread_exit);
+    (void)pthread_atfork(NULL, NULL, fork_child);
 #ifdef XS_EBR_MEMBARRIER
     long cmds = syscall(__NR_membarrier, MEMBARRIER_CMD_QUERY, 0, 0);
     if (cmds > 0 && (cmds & MEMBARRIER_CMD_PRIVATE_EXPEDITED) &&

@@ -1496,15 +1496,23 @@ void xs_map_reclaim(xs_map *m)
         (void)xs__ebr_reclaim(&m->limbo);
 }
 
+/* The caller's own guards, apart from those the library opens around
+ * callbacks, which a caller's leave must not close. */
+static _Thread_local uint32_t user_guards;
+
 int xs_map_guard_enter(void)
 {
-    return xs__ebr_enter();
+    int r = xs__ebr_enter();
+    if (r == 0)
+        user_guards++;
+    return r;
 }
 
 int xs_map_guard_leave(void)
 {
-    if (xs__ebr_depth() == 0)
+    if (user_guards == 0)
         return XS_EINVAL;
+    user_guards--;
     xs__ebr_leave();
     return 0;
 }

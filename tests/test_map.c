@@ -9,6 +9,9 @@
  * on the hash.
  */
 #include <pthread.h>
+#include <stdio.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -1493,6 +1496,96 @@ TEST(guard_enter_leave_nest_and_reject_overrelease)
     EXPECT_EQ(xs_map_guard_leave(), 0);
     EXPECT_EQ(xs_map_guard_leave(), 0);
     EXPECT_EQ(xs_map_guard_leave(), XS_EINVAL);
+}
+
+/* A callback runs inside the library's guard: the caller cannot close it,
+ * and trying leaves the thread's guard depth intact. */
+static int leave_in_callback(const void *key, size_t len, void *value, void *arg)
+{
+    (void)key;
+    (void)len;
+    (void)value;
+    int *r = arg;
+    *r = xs_map_guard_leave();
+    return 0;
+}
+
+TEST(guard_leave_inside_a_callback_is_einval)
+{
+    xs_map *m = new_map_with((xs_map_options){0});
+    ASSERT(m);
+    ASSERT_EQ(xs_map_store(m, S("k"), (void *)1), 0);
+    int r = 0;
+    EXPECT_EQ(xs_map_range(m, leave_in_callback, &r), 0);
+    EXPECT_EQ(r, XS_EINVAL);
+    /* The thread is out of every guard, and its next guard works. */
+    EXPECT_EQ(xs_map_guard_leave(), XS_EINVAL);
+    EXPECT_EQ(xs_map_guard_enter(), 0);
+    EXPECT_EQ(xs_map_range(m, leave_in_callback, &r), 0);
+    EXPECT_EQ(r, 0); /* the caller's own guard: closing it is allowed */
+    EXPECT_EQ(xs_map_guard_leave(), XS_EINVAL);
+    xs_map_free(m);
+}
+
+/* A parent thread inside a guard at fork must not stop reclamation in the
+ * child (its thread does not exist there). */
+static _Atomic int fork_destroyed;
+
+static void fork_count_destroy(void *value, void *arg)
+{
+    (void)arg;
+    free(value);
+    atomic_fetch_add(&fork_destroyed, 1);
+}
+
+typedef struct fork_guard {
+    th_event in, out;
+} fork_guard;
+
+static void *hold_guard(void *arg)
+{
+    fork_guard *f = arg;
+    if (xs_map_guard_enter() == 0) {
+        th_event_signal(&f->in);
+        th_event_wait(&f->out, 1, 60000);
+        xs_map_guard_leave();
+    }
+    return NULL;
+}
+
+TEST(reclamation_works_in_a_forked_child)
+{
+    fork_guard f;
+    th_event_init(&f.in);
+    th_event_init(&f.out);
+    pthread_t th;
+    ASSERT_EQ(pthread_create(&th, NULL, hold_guard, &f), 0);
+    ASSERT(th_event_wait(&f.in, 1, 30000));
+    fflush(NULL);
+    pid_t pid = fork();
+    ASSERT(pid >= 0);
+    if (pid == 0) {
+        xs_map *m = new_map_with((xs_map_options){.destroy = fork_count_destroy});
+        if (!m)
+            _exit(2);
+        char k[16];
+        for (int i = 0; i < 2000; i++) {
+            size_t n = key_of(k, sizeof k, "f", i);
+            if (xs_map_store(m, k, n, malloc(8)) != 0 || xs_map_delete(m, k, n) != 0)
+                _exit(3);
+        }
+        for (int i = 0; i < 10; i++)
+            xs_map_reclaim(m);
+        int destroyed = atomic_load(&fork_destroyed);
+        xs_map_free(m);
+        _exit(destroyed == 2000 ? 0 : 1);
+    }
+    int status = 0;
+    EXPECT_EQ(waitpid(pid, &status, 0), pid);
+    EXPECT(WIFEXITED(status));
+    EXPECT_EQ(WEXITSTATUS(status), 0);
+    th_event_signal(&f.out);
+    pthread_join(th, NULL);
 }
 
 /* ---- memory ---- */

@@ -39,8 +39,9 @@
  * (xs_map_guard_enter) can still see it.  A pointer returned by any call
  * stays valid while the calling thread is inside a guard, even if another
  * thread removes it meanwhile; outside a guard it stays valid only until it
- * is removed.  With a destructor, store a given pointer under one key at a
- * time.
+ * is removed.  With a destructor, never store a pointer the map already
+ * owns (under any key, the same one included): a concurrent remover may
+ * already have handed it to the destructor.
  *
  * Memory ordering (the contract Go documents for sync.Map).  Every operation
  * that stores a value (store, the storing half of load_or_store,
@@ -51,14 +52,17 @@
  * one key are linearizable.  A concurrent reader sees a key either before or
  * after a concurrent write, never a torn state; a key being inserted is
  * either absent or present with its value; a key whose creator is still
- * running is absent to load and to the delete family.
+ * running is absent to load and to the delete family, while store, swap,
+ * load_or_store and load_or_create on that key wait for the creator (inside
+ * a guard, so a slow creator also delays reclamation).
  *
  * Errors.  Bad input — a NULL map, a NULL key with a nonzero length, a key
  * longer than XS_MAP_KEY_MAX, a missing required argument — is XS_EINVAL and
  * changes nothing.  XS_ENOMEM leaves the map exactly as it was.  Every
  * function is thread-safe except xs_map_free.  Callbacks (create, range,
  * destroy) may call any function of any map, this one included (but see
- * xs_map_load_or_create for the creator's own key).
+ * xs_map_load_or_create for the creator's own key) — except that the
+ * destructors xs_map_free runs must not touch the map being freed.
  */
 #ifndef XSYNC_MAP_H
 #define XSYNC_MAP_H
@@ -211,8 +215,9 @@ XS_API int xs_map_compare_and_delete(xs_map *m, const void *key, size_t len, voi
 XS_API int xs_map_range(xs_map *m, xs_map_range_fn fn, void *arg);
 
 /*
- * Removes every key, atomically for readers: a load that starts after clear
- * begins sees none of the old keys.  Writes that race with clear land before
+ * Removes every key, atomically for readers: at one instant inside the call
+ * (after any resize in progress has finished) every old key goes at once; a
+ * load that starts after clear returns sees none of them.  Writes that race with clear land before
  * or after it.  Creators still running when it starts complete afterwards
  * with their value counted as cleared.  Waits for a resize in progress to
  * finish.  Returns 0, XS_EINVAL or XS_ENOMEM (a fresh table; map unchanged).
@@ -244,7 +249,14 @@ XS_API void xs_map_reclaim(xs_map *m);
  * per thread, and never block anybody; holding one for long delays memory
  * reclamation of all maps.  Do not block indefinitely or exit the thread
  * inside one.  enter: 0, or XS_ENOMEM (the thread's record, first use only).
- * leave: 0, or XS_EINVAL when the thread is not in a guard (nothing changes).
+ * leave: 0, or XS_EINVAL when the thread has no guard of its own open
+ * (nothing changes) — the guards the library opens around callbacks are not
+ * the caller's to close.
+ *
+ * Fork: in the child, maps that other threads of the parent were using at
+ * the fork must not be used (a lock or a resize may have been left half
+ * done); new maps, and maps no other thread touched, work, and guards that
+ * parent threads held do not stop reclamation in the child.
  */
 XS_API int xs_map_guard_enter(void);
 XS_API int xs_map_guard_leave(void);
@@ -283,7 +295,9 @@ XS_API int xs_map_guard_leave(void);
  *   xs_map *prefix_map(prefix *m);          the untyped map underneath
  *
  * and _str variants of load, store, load_or_create and delete taking a
- * NUL-terminated key (NULL: XS_EINVAL).  Passing a value of the wrong type is a compile error.
+ * NUL-terminated key (NULL: XS_EINVAL).  Passing a value of the wrong type is
+ * an incompatible-pointer-types diagnostic: a warning in older compilers (an
+ * error with -Werror, and by default from gcc 14).
  */
 #define XS_MAP_DECLARE(prefix, value_type)                                                          \
     typedef struct prefix prefix;                                                                   \
