@@ -9,12 +9,15 @@
  *   BenchmarkExecParallelAll10      the same, fail open (collect mode).
  *   BenchmarkExecPool10             the same on xs_exec_pool(0).
  *   BenchmarkExecSequential10       the same on xs_exec_sequential.
- *   BenchmarkExecMetricsOverhead/...  one op: ONE named action, run in runs of
- *                                   10 (or 64: wrappers on the heap) on
+ *   BenchmarkExecMetricsOverhead/{bare,metrics}<k>
+ *                                   one op: ONE named action, in runs of k on
  *                                   sequential, bare or under metrics with a
  *                                   source of plain atomic counters; the
  *                                   difference of the two is the decorator's
- *                                   cost per action.  Names are cached
+ *                                   cost per action.  Up to 16 actions the
+ *                                   wrappers live on the run's stack, from
+ *                                   17 in one heap block per run (16 vs 17
+ *                                   shows that cost).  Names are cached
  *                                   before the timer starts.
  *   BenchmarkExecDebounceHot        parallel callers, each op a run of one
  *                                   action named "hot" on
@@ -164,8 +167,9 @@ static void metrics_overhead(xs_bench *b, void *p)
 
 XS_BENCH_REGISTRATIONS(register_metrics_overhead)
 {
-    static const mo_arg args[] = {{10, false}, {10, true}, {64, false}, {64, true}};
-    for (int i = 0; i < 4; i++)
+    static const mo_arg args[] = {{10, false}, {10, true}, {16, true}, {17, true},
+                                  {64, false}, {64, true}};
+    for (int i = 0; i < 6; i++)
         xs_bench_registerf(metrics_overhead, (void *)&args[i], 0,
                            "BenchmarkExecMetricsOverhead/%s%d",
                            args[i].metrics ? "metrics" : "bare", args[i].per_run);

@@ -88,6 +88,14 @@ typedef struct base {
 
 static const xs_exec_opts no_opts;
 
+/* Options, or the defaults; NULL when they are invalid (unknown flags). */
+static const xs_exec_opts *opts_or_default(const xs_exec_opts *o)
+{
+    if (!o)
+        return &no_opts;
+    return o->flags & ~(unsigned)XS_EXEC_BORROW ? NULL : o;
+}
+
 static void *base_new(const xs_exec_opts *o, size_t size, const xs_executor_ops *ops)
 {
     const xs_allocator *a = xs__allocator_resolve(o->alloc);
@@ -125,7 +133,8 @@ static int base_free_op(xs_executor *ex)
     return 0;
 }
 
-/* The run's prologue for every built-in: closed, then a done context. */
+/* The prologue of parallel, parallel_all and the pool: closed, then a done
+ * context (either runs nothing). */
 static int run_gate(xs_executor *ex, xs_ctx *ctx, size_t n, int *errs)
 {
     int e = is_closed(ex) ? XS_ECLOSED : xs_ctx_err(ctx);
@@ -163,9 +172,10 @@ static const xs_executor_ops seq_ops = {seq_run, base_close, base_free_op};
 
 int xs_exec_sequential(const xs_exec_opts *opts, xs_executor **out)
 {
-    if (!out)
+    opts = opts_or_default(opts);
+    if (!out || !opts)
         return XS_EINVAL;
-    base *b = base_new(opts ? opts : &no_opts, sizeof(base), &seq_ops);
+    base *b = base_new(opts, sizeof(base), &seq_ops);
     if (!b)
         return XS_ENOMEM;
     *out = &b->ex;
@@ -242,12 +252,11 @@ static int par_run(xs_executor *ex, xs_ctx *ctx, const xs_action *a, size_t n, i
         if (ge && ge != XS_ECANCELED)
             xs_ctx_cancel(xs_group_ctx(g), ge);
         e = xs_group_wait(g);
+        if (ge == XS_ECANCELED) /* the group's context ended: say how */
+            fill(errs, i - 1, n, xs_ctx_err(xs_group_ctx(g)));
+        else if (ge)
+            fill(errs, i - 1, n, e = ge);
         xs_group_free(g);
-        if (ge) {
-            fill(errs, i - 1, n, ge);
-            if (ge != XS_ECANCELED)
-                e = ge;
-        }
     }
     if (bytes)
         xs__free(p->b.alloc, recs, bytes);
@@ -286,10 +295,9 @@ static const xs_executor_ops pall_ops = {pall_run, base_close, base_free_op};
 
 static int par_new(const xs_exec_opts *opts, const xs_executor_ops *ops, xs_executor **out)
 {
-    if (!out)
+    opts = opts_or_default(opts);
+    if (!out || !opts)
         return XS_EINVAL;
-    if (!opts)
-        opts = &no_opts;
     par *p = base_new(opts, sizeof *p, ops);
     if (!p)
         return XS_ENOMEM;
@@ -557,13 +565,14 @@ static const xs_executor_ops pool_ops = {pool_run, pool_close, pool_free};
 
 int xs_exec_pool(int n, const xs_exec_opts *opts, xs_executor **out)
 {
-    if (!out || n > POOL_MAX_THREADS)
+    opts = opts_or_default(opts);
+    if (!out || !opts || n > POOL_MAX_THREADS)
         return XS_EINVAL;
     if (n <= 0) {
         long c = sysconf(_SC_NPROCESSORS_ONLN);
         n = c < 1 ? 1 : c > POOL_MAX_THREADS ? POOL_MAX_THREADS : (int)c;
     }
-    xpool *p = base_new(opts ? opts : &no_opts, sizeof *p, &pool_ops);
+    xpool *p = base_new(opts, sizeof *p, &pool_ops);
     if (!p)
         return XS_ENOMEM;
     atomic_init(&p->work, 0);
@@ -720,10 +729,11 @@ static const xs_executor_ops flow_ops = {flow_run, deco_close, flow_free};
 int xs_exec_control_flow(xs_executor *inner, int64_t max_calls, int64_t max_actions,
                          const xs_exec_opts *opts, xs_executor **out)
 {
-    if (!inner_ok(inner) || !out || max_calls < 1 || max_actions < 1 || max_calls > XS_SEM_MAX ||
-        max_actions > XS_SEM_MAX)
+    opts = opts_or_default(opts);
+    if (!inner_ok(inner) || !out || !opts || max_calls < 1 || max_actions < 1 ||
+        max_calls > XS_SEM_MAX || max_actions > XS_SEM_MAX)
         return XS_EINVAL;
-    flow *f = deco_new(inner, opts ? opts : &no_opts, sizeof *f, &flow_ops);
+    flow *f = deco_new(inner, opts, sizeof *f, &flow_ops);
     if (!f)
         return XS_ENOMEM;
     f->max_actions = max_actions;
@@ -866,10 +876,11 @@ static const xs_executor_ops debounce_ops = {debounce_run, deco_close, debounce_
 
 int xs_exec_debounce(xs_executor *inner, const xs_exec_opts *opts, xs_executor **out)
 {
-    if (!opts)
-        opts = &no_opts;
+    opts = opts_or_default(opts);
+    if (!inner_ok(inner) || !out || !opts)
+        return XS_EINVAL;
     size_t sl = opts->scope ? strlen(opts->scope) : 0;
-    if (!inner_ok(inner) || !out || sl > XS_SF_KEY_MAX)
+    if (sl > XS_SF_KEY_MAX)
         return XS_EINVAL;
     size_t plen = varint_len(sl) + sl;
     debounce *d = deco_new(inner, opts, sizeof *d + plen, &debounce_ops);
@@ -917,11 +928,14 @@ typedef struct metrics {
  * the portable build, ticks are xs_now() nanoseconds.  A negative interval
  * (a counter skew the kernel missed) is recorded as 0.
  */
-static uint64_t tsc_mult; /* ns per tick << 32; 0: ticks are ns.  Set once. */
 static pthread_once_t tsc_once = PTHREAD_ONCE_INIT;
 
 #if defined(__x86_64__) && defined(__linux__) && !defined(XS_PORTABLE)
 #define XS_TSC 1
+
+/* ns per tick << 32; 0: ticks are ns.  Set once, under tsc_once, before
+ * the first metrics executor using it exists. */
+static uint64_t tsc_mult;
 
 /* A TSC reading taken with xs_now(): the midpoint of a tight bracket. */
 static void tsc_sample(uint64_t *tsc, int64_t *ns)
@@ -1099,13 +1113,14 @@ static const xs_executor_ops metrics_ops = {metrics_run, deco_close, metrics_fre
 int xs_exec_metrics(xs_executor *inner, xs_stat_source *src, const xs_exec_opts *opts,
                     xs_executor **out)
 {
-    if (!inner_ok(inner) || !src || !out)
+    opts = opts_or_default(opts);
+    if (!inner_ok(inner) || !src || !out || !opts)
         return XS_EINVAL;
-    metrics *m = deco_new(inner, opts ? opts : &no_opts, sizeof *m, &metrics_ops);
+    metrics *m = deco_new(inner, opts, sizeof *m, &metrics_ops);
     if (!m)
         return XS_ENOMEM;
     m->src = src;
-    m->clock = opts ? opts->clock : NULL;
+    m->clock = opts->clock;
     if (!m->clock)
         pthread_once(&tsc_once, tsc_calibrate);
     xs_map_options mo = {.destroy = statset_destroy, .destroy_arg = m, .allocator = m->d.b.alloc};
@@ -1175,9 +1190,10 @@ static const xs_executor_ops rate_ops = {rate_run, deco_close, rate_free};
 int xs_exec_rate_limit(xs_executor *inner, xs_rate *limiter, const xs_exec_opts *opts,
                        xs_executor **out)
 {
-    if (!inner_ok(inner) || !limiter || !out)
+    opts = opts_or_default(opts);
+    if (!inner_ok(inner) || !limiter || !out || !opts)
         return XS_EINVAL;
-    ratelim *rl = deco_new(inner, opts ? opts : &no_opts, sizeof *rl, &rate_ops);
+    ratelim *rl = deco_new(inner, opts, sizeof *rl, &rate_ops);
     if (!rl)
         return XS_ENOMEM;
     rl->lim = limiter;

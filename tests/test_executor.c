@@ -1509,6 +1509,15 @@ TEST(bad_input_is_einval_and_changes_nothing)
     EXPECT_EQ(xs_exec_rate_limit(NULL, lim, NULL, &out), XS_EINVAL);
     EXPECT_EQ(xs_exec_rate_limit(ex, NULL, NULL, &out), XS_EINVAL);
     EXPECT_EQ(xs_exec_rate_limit(ex, lim, NULL, NULL), XS_EINVAL);
+    xs_exec_opts unknown = {.flags = 1u << 7};
+    EXPECT_EQ(xs_exec_sequential(&unknown, &out), XS_EINVAL);
+    EXPECT_EQ(xs_exec_parallel(&unknown, &out), XS_EINVAL);
+    EXPECT_EQ(xs_exec_parallel_all(&unknown, &out), XS_EINVAL);
+    EXPECT_EQ(xs_exec_pool(1, &unknown, &out), XS_EINVAL);
+    EXPECT_EQ(xs_exec_control_flow(ex, 1, 1, &unknown, &out), XS_EINVAL);
+    EXPECT_EQ(xs_exec_debounce(ex, &unknown, &out), XS_EINVAL);
+    EXPECT_EQ(xs_exec_metrics(ex, &rs.src, &unknown, &out), XS_EINVAL);
+    EXPECT_EQ(xs_exec_rate_limit(ex, lim, &unknown, &out), XS_EINVAL);
     EXPECT_PTR_EQ(out, sentinel);
 
     char buf[8];

@@ -113,11 +113,13 @@ enum {
 /*
  * Options for every constructor; a NULL pointer or zero fields take the
  * defaults, and a field a constructor does not use is ignored.
- *   alloc  the executor's allocator (NULL: the process default, read once);
- *          every allocation it makes, at creation and per run, uses it
- *   flags  XS_EXEC_* above (decorators)
- *   pool   parallel, parallel_all: the pool actions run on (NULL: the
- *          default pool)
+ *   alloc  the executor's allocator (NULL: the process default, read once)
+ *          for what it allocates itself, at creation and per run; contexts
+ *          (a run's own, a group's, a singleflight call's) come from the
+ *          process default, as everywhere (context.h)
+ *   flags  XS_EXEC_* above (decorators); unknown flags are XS_EINVAL
+ *   pool   parallel, parallel_all: the pool actions run on, borrowed (NULL:
+ *          the default pool)
  *   group  debounce: a singleflight group shared with other debounce
  *          executors (or your own code), borrowed (NULL: a group of its own)
  *   scope  debounce: a scope for its keys, copied (NULL: none); see
@@ -158,10 +160,10 @@ XS_API int xs_exec_close(xs_executor *ex);
 /*
  * Frees ex and everything it owns (a decorator: its inner executor, unless
  * borrowed).  No run may be in progress on ex or on anything it owns: join
- * the threads that run it first.  As a safety net the pool executor checks:
- * while a run is in progress on it (including a call from one of its own
- * actions) it returns XS_EBUSY and nothing of the stack above it is freed.
- * NULL: 0.
+ * the threads that run it first.  As a safety net the pool and control
+ * flow check: while a run is in progress on them (including a call from
+ * one of the pool's own actions) they return XS_EBUSY, and nothing of the
+ * stack above them is freed either.  NULL: 0.
  */
 XS_API int xs_exec_free(xs_executor *ex);
 
@@ -182,7 +184,8 @@ XS_API int xs_exec_sequential(const xs_exec_opts *opts, xs_executor **out);
  * context end.  Actions not yet started by then are not started (errs: the
  * context's error, XS_ECANCELED).  A ctx already done on entry runs nothing
  * and returns its error.  Each run allocates the group and its context;
- * with errs, also a record per action beyond 16.  Returns 0, XS_EINVAL (out
+ * with errs and more than 16 actions, also one block of per-action records
+ * (16 fit on the stack).  Returns 0, XS_EINVAL (out
  * NULL), XS_ENOMEM (XS_ENOMEM from a run: the group could not be made, or
  * it could not start every action — those started were cancelled and
  * waited for).
@@ -228,7 +231,9 @@ XS_API int xs_exec_pool(int n, const xs_exec_opts *opts, xs_executor **out);
  * waiting under ctx, runs on inner and gives both back.  n > max_actions is
  * XS_ELIMIT at once; a context that ends while waiting gives back what was
  * taken and returns its error (XS_ECANCELED, XS_EDEADLINE); otherwise the
- * run returns what inner returns.  Nothing allocated per run.  Returns 0;
+ * run returns what inner returns.  Nothing allocated per run.  An action
+ * that runs this same decorator needs units of its own: with the limits
+ * taken by its caller it waits for its context (as in the seed).  Returns 0;
  * XS_EINVAL (inner or out NULL, inner without run, a limit < 1 or over
  * XS_SEM_MAX); XS_ENOMEM.
  */
@@ -245,7 +250,9 @@ XS_API int xs_exec_control_flow(xs_executor *inner, int64_t max_calls, int64_t m
  * when every action waiting for the execution has gone); an action whose
  * context ends while it waits for another's execution returns its context's
  * error at once.  Only concurrent actions share: a later action with the
- * same name runs again.  The run returns what inner returns.
+ * same name runs again.  An action must not run, through the same group, an
+ * action with its own key: it would wait for itself until its context ends
+ * (as in Go).  The run returns what inner returns.
  * Per named action the group allocates its call record (see
  * singleflight.h); keys over 256 bytes also take a buffer.  A run with a
  * name whose key would exceed XS_SF_KEY_MAX is XS_EINVAL, running nothing.
