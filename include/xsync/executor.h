@@ -185,10 +185,10 @@ XS_API int xs_exec_sequential(const xs_exec_opts *opts, xs_executor **out);
  * context's error, XS_ECANCELED).  A ctx already done on entry runs nothing
  * and returns its error.  Each run allocates the group and its context;
  * with errs and more than 16 actions, also one block of per-action records
- * (16 fit on the stack).  Returns 0, XS_EINVAL (out
- * NULL), XS_ENOMEM (XS_ENOMEM from a run: the group could not be made, or
- * it could not start every action — those started were cancelled and
- * waited for).
+ * (16 fit on the stack).  A run that cannot start every action (XS_ENOMEM,
+ * or XS_ECLOSED from a private pool being freed) cancels those started,
+ * waits for them and returns that error.  Returns 0, XS_EINVAL (out NULL),
+ * XS_ENOMEM.
  */
 XS_API int xs_exec_parallel(const xs_exec_opts *opts, xs_executor **out);
 
@@ -256,7 +256,8 @@ XS_API int xs_exec_control_flow(xs_executor *inner, int64_t max_calls, int64_t m
  * Per named action the group allocates its call record (see
  * singleflight.h); keys over 256 bytes also take a buffer.  A run with a
  * name whose key would exceed XS_SF_KEY_MAX is XS_EINVAL, running nothing.
- * Returns 0; XS_EINVAL (inner or out NULL, inner without run); XS_ENOMEM.
+ * Returns 0; XS_EINVAL (inner or out NULL, inner without run, a scope over
+ * XS_SF_KEY_MAX bytes); XS_ENOMEM.
  */
 XS_API int xs_exec_debounce(xs_executor *inner, const xs_exec_opts *opts, xs_executor **out);
 
