@@ -5,6 +5,7 @@
 #include <xsync/alloc.h>
 #include <xsync/context.h>
 #include <xsync/error.h>
+#include <xsync/executor.h>
 #include <xsync/group.h>
 #include <xsync/map.h>
 #include <xsync/pool.h>
