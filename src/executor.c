@@ -35,6 +35,7 @@
 
 #include "internal.h"
 #include "park.h"
+#include "singleflight_internal.h"
 
 #define STACK_ACTIONS 16 /* actions whose wrappers a run keeps on its stack */
 #define POOL_MAX_THREADS 4096
@@ -844,7 +845,7 @@ static int debounce_run(xs_executor *ex, xs_ctx *ctx, const xs_action *a, size_t
             continue;
         }
         size_t nl = strlen(a[i].name);
-        if (nl > XS_SF_KEY_MAX - d->plen) {
+        if (nl + d->plen > XS_SF_KEY_MAX) {
             wrapbuf_put(&w, d->d.b.alloc);
             fill(errs, 0, n, XS_EINVAL);
             return XS_EINVAL;
@@ -860,6 +861,9 @@ static int debounce_run(xs_executor *ex, xs_ctx *ctx, const xs_action *a, size_t
 static int debounce_free(xs_executor *ex)
 {
     debounce *d = (debounce *)(void *)ex;
+    /* Busy first, so that XS_EBUSY frees nothing (the inner one included). */
+    if (d->own_sf && xs__sf_busy(d->sf))
+        return XS_EBUSY;
     int r = deco_free_inner(&d->d);
     if (r)
         return r;
@@ -883,6 +887,8 @@ int xs_exec_debounce(xs_executor *inner, const xs_exec_opts *opts, xs_executor *
     if (sl > XS_SF_KEY_MAX)
         return XS_EINVAL;
     size_t plen = varint_len(sl) + sl;
+    if (plen > XS_SF_KEY_MAX) /* no room for any key */
+        return XS_EINVAL;
     debounce *d = deco_new(inner, opts, sizeof *d + plen, &debounce_ops);
     if (!d)
         return XS_ENOMEM;
@@ -955,7 +961,7 @@ static void tsc_sample(uint64_t *tsc, int64_t *ns)
 static void tsc_calibrate(void)
 {
     char cs[32] = {0};
-    FILE *f = fopen("/sys/devices/system/clocksource/clocksource0/current_clocksource", "r");
+    FILE *f = fopen("/sys/devices/system/clocksource/clocksource0/current_clocksource", "re");
     if (!f)
         return;
     bool tsc = fgets(cs, sizeof cs, f) && strncmp(cs, "tsc", 3) == 0 && (cs[3] == '\n' || !cs[3]);
@@ -1055,10 +1061,12 @@ static int metrics_fn(xs_ctx *ctx, void *arg)
     const metrics *m = w->dec;
     int64_t ns, t0 = m->clock ? xs_clock_now(m->clock) : ticks();
     int r = w->a->fn(ctx, w->a->arg);
-    if (m->clock)
+    if (m->clock) {
         ns = xs_clock_now(m->clock) - t0;
-    else
+        ns = ns < 0 ? 0 : ns; /* as ticks_ns: a source never sees a negative latency */
+    } else {
         ns = ticks_ns(ticks() - t0);
+    }
     emit(&m->all, r, ns);
     if (w->aux)
         emit(w->aux, r, ns);

@@ -46,6 +46,7 @@
 #include "context_internal.h"
 #include "hash.h"
 #include "internal.h"
+#include "singleflight_internal.h"
 #include "park.h"
 
 #define NSTRIPES 64
@@ -844,12 +845,10 @@ int xs_sf_new(const xs_sf_options *opts, xs_sf **out)
     return 0;
 }
 
-int xs_sf_free(xs_sf *sf)
+bool xs__sf_busy(xs_sf *sf)
 {
-    if (!sf)
-        return 0;
     if (delivering == sf)
-        return XS_EBUSY;
+        return true;
     /* All stripes at once (in order; nothing else holds two), so no call
      * can pass from one state to the other while we count. */
     bool busy = false;
@@ -859,7 +858,14 @@ int xs_sf_free(xs_sf *sf)
         busy |= sf->stripes[i].s.inflight != sf->stripes[i].s.orphans;
     for (int i = NSTRIPES - 1; i >= 0; i--)
         xs__lock_release(&sf->stripes[i].s.lock);
-    if (busy)
+    return busy;
+}
+
+int xs_sf_free(xs_sf *sf)
+{
+    if (!sf)
+        return 0;
+    if (xs__sf_busy(sf))
         return XS_EBUSY;
     /* Wait out calls nobody waits for, runners and after-functions. */
     group_put(sf);

@@ -1046,6 +1046,68 @@ TEST(debounce_shares_the_result)
 
 /* ---- metrics ---- */
 
+/* A scope so long that no key fits: refused at creation; one that leaves
+ * room for the empty name only: a run with a longer name is refused before
+ * anything runs (its check must not wrap around). */
+TEST(debounce_scope_near_the_key_limit_refuses_before_running)
+{
+    size_t big = XS_SF_KEY_MAX;
+    char *scope = malloc(big + 1);
+    ASSERT(scope);
+    xs_executor *ex = NULL, *par = new_par();
+    ASSERT(par);
+    for (size_t sl = big - 3; sl <= big; sl++) { /* varint of 65533..65536: 3 bytes */
+        memset(scope, 's', sl);
+        scope[sl] = 0;
+        xs_exec_opts o = {.scope = scope, .flags = XS_EXEC_BORROW};
+        int r = xs_exec_debounce(par, &o, &ex);
+        if (sl + 3 > big) {
+            EXPECT_EQ(r, XS_EINVAL);
+            continue;
+        }
+        ASSERT_EQ(r, 0);
+        _Atomic int runs = 0;
+        xs_action a[2] = {{act_count, &runs, NULL}, {act_count, &runs, "x"}};
+        int errs[2] = {1, 1};
+        EXPECT_EQ(xs_exec_run(ex, bg(), a, 2, errs), XS_EINVAL);
+        EXPECT_EQ(atomic_load(&runs), 0);
+        EXPECT_EQ(errs[0], XS_EINVAL);
+        EXPECT_EQ(errs[1], XS_EINVAL);
+        EXPECT_EQ(xs_exec_free(ex), 0);
+    }
+    free(scope);
+    EXPECT_EQ(xs_exec_free(par), 0);
+}
+
+/* Free while a run is in progress through the debounce's own group:
+ * XS_EBUSY and nothing freed (the inner executor included); after the run,
+ * free succeeds. */
+TEST(debounce_free_while_busy_frees_nothing)
+{
+    xs_alloc_counter ac;
+    xs_alloc_counter_init(&ac, NULL);
+    xs_exec_opts o = {.alloc = &ac.allocator};
+    xs_executor *par = NULL, *ex = NULL;
+    ASSERT_EQ(xs_exec_parallel(&o, &par), 0);
+    ASSERT_EQ(xs_exec_debounce(par, &o, &ex), 0);
+    probe p;
+    probe_init(&p);
+    named nk = {&p, 0};
+    xs_action a[1] = {{act_named, &nk, "k"}};
+    runner r;
+    runner_start(&r, ex, bg(), a, 1, NULL);
+    EXPECT(th_event_wait(&p.started, 1, WAIT_MS));
+    int64_t live = atomic_load(&ac.live_bytes);
+    EXPECT_EQ(xs_exec_free(ex), XS_EBUSY);
+    EXPECT_EQ(atomic_load(&ac.live_bytes), live);
+    probe_open(&p);
+    EXPECT_EQ(runner_join(&r), 0);
+    EXPECT_EQ(atomic_load(&nk.runs), 1);
+    EXPECT_EQ(xs_exec_free(ex), 0);
+    EXPECT_EQ(atomic_load(&ac.live_bytes), 0);
+    probe_destroy(&p);
+}
+
 static xs_executor *new_metrics(xs_executor *inner, rsource *rs)
 {
     xs_executor *ex = NULL;

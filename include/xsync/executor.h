@@ -200,8 +200,10 @@ XS_API int xs_exec_parallel(const xs_exec_opts *opts, xs_executor **out);
  * runs nothing and returns its error; a ctx that ends during the run is
  * seen by the actions, which are all still started.  Each run allocates
  * the group, its context and a result record per 64 actions.  Returns 0,
- * XS_EINVAL (out NULL), XS_ENOMEM (from a run: not every action could be
- * started; those started ran to their end; errs of the others: XS_ENOMEM).
+ * XS_EINVAL (out NULL), XS_ENOMEM.  A run that cannot start every action
+ * (XS_ENOMEM, or XS_ECLOSED from a private pool being freed) lets those
+ * started run to their end and returns that error, also in the errs of
+ * the others.
  */
 XS_API int xs_exec_parallel_all(const xs_exec_opts *opts, xs_executor **out);
 
@@ -212,9 +214,10 @@ XS_API int xs_exec_parallel_all(const xs_exec_opts *opts, xs_executor **out);
  * it waits, so a run always progresses: an action may run an executor on
  * this same pool (or a run may wait for one that does) without deadlock,
  * even with every pool thread busy; at most n actions of all runs run on
- * the pool's threads at once, plus one per waiting caller.  Actions are
- * taken in order, oldest run first.  Once an action fails or ctx ends,
- * actions not yet taken are not run (errs: the context's error); the first
+ * the pool's threads at once, plus one per waiting caller.  The pool's
+ * threads take actions in order, oldest run first (a waiting caller takes
+ * its own run's next).  Once an action fails or ctx ends, actions not yet
+ * taken are not run (errs: the context's error); the first
  * error (a failure, or the context's error when it stopped actions) is
  * returned.  Each run allocates one context (a child of ctx) and nothing
  * else.  Closing refuses later runs with XS_ECLOSED; free stops the
@@ -250,14 +253,17 @@ XS_API int xs_exec_control_flow(xs_executor *inner, int64_t max_calls, int64_t m
  * when every action waiting for the execution has gone); an action whose
  * context ends while it waits for another's execution returns its context's
  * error at once.  Only concurrent actions share: a later action with the
- * same name runs again.  An action must not run, through the same group, an
+ * same name runs again — and so does one that comes after every action
+ * waiting for a running execution has gone (their contexts ended): the
+ * abandoned execution may still be running when the new one starts
+ * (singleflight.h: an abandoned call leaves the table).  An action must not run, through the same group, an
  * action with its own key: it would wait for itself until its context ends
  * (as in Go).  The run returns what inner returns.
  * Per named action the group allocates its call record (see
  * singleflight.h); keys over 256 bytes also take a buffer.  A run with a
  * name whose key would exceed XS_SF_KEY_MAX is XS_EINVAL, running nothing.
- * Returns 0; XS_EINVAL (inner or out NULL, inner without run, a scope over
- * XS_SF_KEY_MAX bytes); XS_ENOMEM.
+ * Returns 0; XS_EINVAL (inner or out NULL, inner without run, a scope whose
+ * encoded prefix leaves no room for a key within XS_SF_KEY_MAX); XS_ENOMEM.
  */
 XS_API int xs_exec_debounce(xs_executor *inner, const xs_exec_opts *opts, xs_executor **out);
 
@@ -276,7 +282,9 @@ XS_API int xs_exec_debounce_key(const char *scope, const char *name, void *buf, 
                                 size_t *len);
 
 /*
- * Metrics (the seed's Metrics decorator): for every action, its latency
+ * Metrics (the seed's Metrics decorator): for every action that runs (one
+ * the inner executor skips — after a fail-closed failure, on a done
+ * context, when closed — is not counted), its latency
  * (ns) goes to the timer "all_actions.latency" and a count of 1
  * to "all_actions.success" (result 0) or "all_actions.error" (any other
  * result); a named action also emits to "<name>.latency", "<name>.success"
@@ -286,8 +294,9 @@ XS_API int xs_exec_debounce_key(const char *scope, const char *name, void *buf, 
  * once a name is cached a run allocates nothing (up to 16 actions; larger
  * runs take one block for their wrappers).  An action named "all_actions"
  * counts twice in those stats.  A run whose stat set cannot be created
- * (XS_ENOMEM, or an error from src, such as a name it refuses) fails with
- * that error before running anything.  The run returns what inner returns.
+ * (XS_ENOMEM; XS_EINVAL for a name longer than XS_MAP_KEY_MAX; or an error
+ * from src, such as a name it refuses) fails with that error before running
+ * anything.  The run returns what inner returns.
  * The all_actions set is created here.  Latencies are read on opts->clock
  * when given; otherwise on the CPU's tick counter where the kernel keeps
  * it as its monotonic clocksource (x86-64 Linux with the TSC: rdtsc,
