@@ -9,6 +9,9 @@
  *                                 spread over 0..1 ms by a per-thread
  *                                 xorshift (what real latencies look like
  *                                 to the buckets)
+ *   BenchmarkStatTimerRecordSameBucket  the same, every thread recording
+ *                                 the same latency (one bucket): the worst
+ *                                 case for a shared histogram line
  *   BenchmarkStatsdCounterAdd     the statsd source's counter add
  *   BenchmarkStatPrometheusWrite/N  render N counters and N timers
  *
@@ -70,7 +73,14 @@ static void record_body(xs_bench_pb *pb, void *arg)
     }
 }
 
-XS_BENCHMARK(BenchmarkStatTimerRecord)
+static void same_bucket_body(xs_bench_pb *pb, void *arg)
+{
+    xs_stat_timer *t = arg;
+    while (xs_bench_pb_next(pb))
+        xs_stat_record(t, 123456);
+}
+
+static void bench_timer(xs_bench *b, void (*body)(xs_bench_pb *, void *))
 {
     xs_stat_source *r = bench_registry(b);
     if (!r)
@@ -82,7 +92,7 @@ XS_BENCHMARK(BenchmarkStatTimerRecord)
         return;
     }
     xs_bench_reset_timer(b);
-    xs_bench_run_parallel(b, record_body, t);
+    xs_bench_run_parallel(b, body, t);
     xs_bench_stop_timer(b);
     xs_stat_summary s;
     xs_stat_timer_snapshot(t, &s);
@@ -90,6 +100,16 @@ XS_BENCHMARK(BenchmarkStatTimerRecord)
         xs_bench_fail(b, "count %llu, want %lld", (unsigned long long)s.count,
                       (long long)xs_bench_n(b));
     xs_stat_source_free(r);
+}
+
+XS_BENCHMARK(BenchmarkStatTimerRecord)
+{
+    bench_timer(b, record_body);
+}
+
+XS_BENCHMARK(BenchmarkStatTimerRecordSameBucket)
+{
+    bench_timer(b, same_bucket_body);
 }
 
 XS_BENCHMARK(BenchmarkStatsdCounterAdd)

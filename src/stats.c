@@ -7,7 +7,7 @@
  * stripe; a thread always adds to the stripe it was dealt on first use
  * (round-robin over all threads of the process), so threads running at the
  * same time mostly write different cache lines.  A read sums the cells; a
- * statsd flush exchanges each with 0.  Emitting uses relaxed atomics
+ * statsd flush exchanges each that is not 0 with 0.  Emitting uses relaxed atomics
  * throughout: a metric is a tally, not a synchronisation, and readers that
  * need exact values get them from joining the emitters.
  *
@@ -18,7 +18,11 @@
  * 0..INT64_MAX.  Count is the sum of the buckets (no separate counter to
  * contend on); min and max are CAS-updated only when a record improves
  * them, which after the first few records is rare, so their line stays
- * shared-clean.
+ * shared-clean.  The buckets are striped lazily: every stripe starts on the
+ * timer's shared histogram (stripe 0 with plain adds, the others with a
+ * CAS, which fails only when another thread changed the bucket meanwhile);
+ * the first such failure gives the stripe a histogram of its own.  Reads
+ * sum a bucket over all histograms.
  *
  * statsd.  Counter adds go to the counter's stripes; a flush takes the
  * accumulated delta.  Timer records go through a bounded MPMC queue
@@ -27,10 +31,13 @@
  * the flusher — one at a time, under flush_mu — consumes slots whose
  * sequence says "full" and hands them back with another release store).
  * Producers never wait for each other or for the flusher: a full queue is a
- * counted drop.  The periodic flush is a timer on an xs_clock (timer.h)
- * that re-arms itself; see sd_tick for how freeing races with it.
+ * counted drop.  A flush consumes only the positions claimed before it
+ * began.  The periodic flush is a timer on an xs_clock (timer.h) that
+ * re-arms itself and hands the flush to the default pool; see sd_tick for
+ * how freeing races with both.
  */
 #include <xsync/map.h>
+#include <xsync/pool.h>
 #include <xsync/stats.h>
 
 #include <errno.h>
@@ -79,7 +86,10 @@ void xs_stat_source_free(xs_stat_source *src)
 
 typedef struct cell {
     _Atomic int64_t v;
-    char pad_[LINE - sizeof(int64_t)];
+    /* Registry timers only: the histogram this stripe records into; NULL
+     * while it records into the shared one (see reg_timer_record). */
+    _Atomic(_Atomic uint64_t *) hist;
+    char pad_[LINE - sizeof(int64_t) - sizeof(void *)];
 } cell;
 
 static _Atomic unsigned stripes_dealt;
@@ -125,11 +135,15 @@ static int64_t cells_sum(cell *cells, unsigned n)
     return (int64_t)s;
 }
 
+/* Sum and reset.  A stripe that is 0 is only read, so the line stays
+ * clean in its adder's cache.  An add that lands after the read is left
+ * for the next take, as if it came after this one. */
 static int64_t cells_take(cell *cells, unsigned n)
 {
     uint64_t s = 0;
     for (unsigned i = 0; i < n; i++)
-        s += (uint64_t)atomic_exchange_explicit(&cells[i].v, 0, memory_order_relaxed);
+        if (atomic_load_explicit(&cells[i].v, memory_order_relaxed) != 0)
+            s += (uint64_t)atomic_exchange_explicit(&cells[i].v, 0, memory_order_relaxed);
     return (int64_t)s;
 }
 
@@ -261,6 +275,7 @@ typedef struct reg_timer {
     unsigned mask;
     _Atomic int64_t min; /* INT64_MAX while empty */
     _Atomic int64_t max; /* -1 while empty */
+    const xs_allocator *alloc; /* for stripe histograms */
 } reg_timer;
 
 /* The block after the header line: the stripes, then (timers) the buckets. */
@@ -290,6 +305,21 @@ static void reg_counter_add(xs_stat_counter *h, int64_t d)
     cells_add(stripes_of(c), c->mask, d);
 }
 
+#define HIST_SIZE (NBUCKETS * sizeof(uint64_t))
+
+/* Gives stripe cell c a histogram of its own, or, out of memory, makes it
+ * record into the shared one for good.  Called once per stripe, normally. */
+static __attribute__((noinline)) void stripe_hist_new(reg_timer *t, cell *c)
+{
+    _Atomic uint64_t *own = xs__calloc(t->alloc, HIST_SIZE);
+    _Atomic uint64_t *none = NULL;
+    /* Release: whoever loads the pointer finds the histogram zeroed. */
+    if (!atomic_compare_exchange_strong_explicit(&c->hist, &none, own ? own : buckets_of(t),
+                                                 memory_order_release, memory_order_relaxed) &&
+        own)
+        xs__free(t->alloc, own, HIST_SIZE); /* another thread of the stripe was first */
+}
+
 static void reg_timer_record(xs_stat_timer *h, int64_t ns)
 {
     reg_timer *t = (reg_timer *)h;
@@ -304,8 +334,24 @@ static void reg_timer_record(xs_stat_timer *h, int64_t ns)
     while (ns > m && !atomic_compare_exchange_weak_explicit(&t->max, &m, ns, memory_order_relaxed,
                                                             memory_order_relaxed))
         ;
-    atomic_fetch_add_explicit(&buckets_of(t)[bucket_of((uint64_t)ns)], 1, memory_order_relaxed);
-    cells_add(stripes_of(t), t->mask, ns);
+    cell *c = &stripes_of(t)[this_stripe() & t->mask];
+    atomic_fetch_add_explicit(&c->v, ns, memory_order_relaxed);
+    size_t i = bucket_of((uint64_t)ns);
+    /* Acquire: pairs with stripe_hist_new's release (a zeroed histogram). */
+    _Atomic uint64_t *hist = atomic_load_explicit(&c->hist, memory_order_acquire);
+    if (XS_LIKELY(hist != NULL)) {
+        atomic_fetch_add_explicit(&hist[i], 1, memory_order_relaxed);
+        return;
+    }
+    /* Still on the shared histogram: a CAS instead of an add, to notice a
+     * thread of another stripe changing the bucket under us. */
+    _Atomic uint64_t *b = &buckets_of(t)[i];
+    uint64_t n = atomic_load_explicit(b, memory_order_relaxed);
+    if (XS_LIKELY(atomic_compare_exchange_strong_explicit(b, &n, n + 1, memory_order_relaxed,
+                                                          memory_order_relaxed)))
+        return;
+    atomic_fetch_add_explicit(b, 1, memory_order_relaxed);
+    stripe_hist_new(t, c);
 }
 
 static int create_counter(const void *key, size_t len, void *arg, void **value)
@@ -346,6 +392,8 @@ static int create_timer(const void *key, size_t len, void *arg, void **value)
     t->mask = r->stripes - 1;
     atomic_init(&t->min, INT64_MAX);
     atomic_init(&t->max, -1);
+    t->alloc = r->alloc;
+    atomic_init(&stripes_of(t)[0].hist, buckets_of(t)); /* stripe 0 owns the shared one */
     char *name = p + LINE + sums + buckets;
     memcpy(name, key, len);
     name[len] = 0;
@@ -363,8 +411,15 @@ static void destroy_reg_counter(void *value, void *arg)
 
 static void destroy_reg_timer(void *value, void *arg)
 {
+    (void)arg;
     reg_timer *t = value;
-    xs__free(((registry *)arg)->alloc, t->raw, t->raw_size);
+    cell *c = stripes_of(t);
+    for (unsigned s = 1; s <= t->mask; s++) {
+        _Atomic uint64_t *h = atomic_load_explicit(&c[s].hist, memory_order_relaxed);
+        if (h && h != buckets_of(t))
+            xs__free(t->alloc, h, HIST_SIZE);
+    }
+    xs__free(t->alloc, t->raw, t->raw_size);
 }
 
 static int registry_counter(xs_stat_source *src, const char *name, xs_stat_counter **out)
@@ -445,24 +500,52 @@ static uint64_t rank_of(double q, uint64_t count)
     return r;
 }
 
+/* The timer's histograms: the shared one, then the stripes' own.  A
+ * bucket's count is its sum over them. */
+static int timer_hists(reg_timer *t, _Atomic uint64_t **out)
+{
+    _Atomic uint64_t *shared = buckets_of(t);
+    cell *c = stripes_of(t);
+    int n = 0;
+    out[n++] = shared;
+    for (unsigned s = 1; s <= t->mask; s++) {
+        /* Acquire: pairs with stripe_hist_new's release. */
+        _Atomic uint64_t *h = atomic_load_explicit(&c[s].hist, memory_order_acquire);
+        if (h && h != shared)
+            out[n++] = h;
+    }
+    return n;
+}
+
+static uint64_t bucket_count(_Atomic uint64_t *const *hists, int n, size_t i)
+{
+    uint64_t v = 0;
+    for (int k = 0; k < n; k++)
+        v += atomic_load_explicit(&hists[k][i], memory_order_relaxed);
+    return v;
+}
+
 static uint64_t timer_count(reg_timer *t)
 {
-    _Atomic uint64_t *b = buckets_of(t);
+    _Atomic uint64_t *hists[MAX_STRIPES + 1];
+    int nh = timer_hists(t, hists);
     uint64_t n = 0;
-    for (size_t i = 0; i < NBUCKETS; i++)
-        n += atomic_load_explicit(&b[i], memory_order_relaxed);
+    for (int k = 0; k < nh; k++)
+        for (size_t i = 0; i < NBUCKETS; i++)
+            n += atomic_load_explicit(&hists[k][i], memory_order_relaxed);
     return n;
 }
 
 /*
  * The values at ranks[0..n) (ascending) given the count read before:
- * buckets only grow, so a second walk reaches every rank.  Rank 1 is the
- * min and rank `count` the max, exactly; others are bucket middles clamped
- * to [min, max].
+ * buckets only grow (and histograms only appear), so a second walk reaches
+ * every rank.  Rank 1 is the min and rank `count` the max, exactly; others
+ * are bucket middles clamped to [min, max].
  */
 static void timer_ranks(reg_timer *t, uint64_t count, const uint64_t *ranks, int64_t *vals, int n)
 {
-    _Atomic uint64_t *bk = buckets_of(t);
+    _Atomic uint64_t *hists[MAX_STRIPES + 1];
+    int nh = timer_hists(t, hists);
     int64_t min = atomic_load_explicit(&t->min, memory_order_relaxed);
     int64_t max = atomic_load_explicit(&t->max, memory_order_relaxed);
     bool known = min <= max; /* false only while the first records land */
@@ -479,7 +562,7 @@ static void timer_ranks(reg_timer *t, uint64_t count, const uint64_t *ranks, int
             continue;
         }
         while (i < NBUCKETS) {
-            uint64_t b = atomic_load_explicit(&bk[i], memory_order_relaxed);
+            uint64_t b = bucket_count(hists, nh, i);
             if (cum + b >= r)
                 break;
             cum += b;
@@ -699,6 +782,7 @@ typedef struct pm_slot {
     const char *s;
     size_t len;
     unsigned flags;
+    uint64_t next; /* a natural name's: the suffix its next collision tries first */
 } pm_slot;
 
 typedef struct pm_set {
@@ -727,6 +811,10 @@ static void pm_mark(pm_set *set, const char *s, size_t len, unsigned flag)
     sl->flags |= flag;
 }
 
+/* Suffixed names tried by collision resolution, process-wide: the tests
+ * check that rendering stays linear in the number of colliding names. */
+_Atomic uint64_t xs__stat_pm_probes;
+
 /* stem + ["_" n] + unit into out; returns the length. */
 static size_t pm_compose(char *out, const char *stem, size_t stem_len, uint64_t n,
                          const char *unit, size_t unit_len)
@@ -746,7 +834,10 @@ static size_t pm_compose(char *out, const char *stem, size_t stem_len, uint64_t 
  * Names every entry (sorted): natural names first marked, then each entry
  * in order takes its natural name if no earlier entry took it, else the
  * first stem_<n>unit, n = 2, 3, ..., that is nobody's natural name and not
- * taken.  Strings live in one arena block.
+ * taken.  A natural name remembers where its last collision stopped, and
+ * the set only grows, so no number is tried twice: linear in the entries,
+ * where starting from 2 every time would be quadratic in the colliding
+ * ones.  Strings live in one arena block.
  */
 static int pm_name(pm_list *l, char **arena_out, size_t *arena_size, pm_slot **slots_out,
                    size_t *slots_size)
@@ -783,26 +874,31 @@ static int pm_name(pm_list *l, char **arena_out, size_t *arena_size, pm_slot **s
         p += e->natural_len + 21;
         pm_mark(&set, e->natural, e->natural_len, PM_NATURAL);
     }
+    uint64_t probes = 0;
     for (size_t i = 0; i < l->n; i++) {
         pm_entry *e = &l->v[i];
         const char *unit = e->timer ? "_seconds" : "_total";
         size_t ulen = strlen(unit);
-        pm_slot *sl = pm_find(&set, e->natural, e->natural_len);
-        if (!(sl->flags & PM_TAKEN)) {
-            sl->flags |= PM_TAKEN;
+        pm_slot *nat = pm_find(&set, e->natural, e->natural_len);
+        if (!(nat->flags & PM_TAKEN)) {
+            nat->flags |= PM_TAKEN;
             e->family_len = pm_compose(e->family, e->natural, e->stem_len, 1, unit, ulen);
             continue;
         }
-        for (uint64_t k = 2;; k++) {
+        /* The set is never resized (it has room for every name): nat stays valid. */
+        for (uint64_t k = nat->next > 2 ? nat->next : 2;; k++) {
             size_t n = pm_compose(e->family, e->natural, e->stem_len, k, unit, ulen);
-            sl = pm_find(&set, e->family, n);
-            if (!sl->s) {
+            probes++;
+            if (!pm_find(&set, e->family, n)->s) {
                 pm_mark(&set, e->family, n, PM_TAKEN);
                 e->family_len = n;
+                nat->next = k + 1;
                 break;
             }
         }
     }
+    /* Relaxed: a statistic. */
+    atomic_fetch_add_explicit(&xs__stat_pm_probes, probes, memory_order_relaxed);
     *arena_out = a;
     *arena_size = arena ? arena : 1;
     *slots_out = slots;
@@ -810,15 +906,37 @@ static int pm_name(pm_list *l, char **arena_out, size_t *arena_size, pm_slot **s
     return 0;
 }
 
-/* Output: a caller's buffer (snprintf-style, counting past the end) or a
- * stream (the first error sticks). */
+/* Output: a caller's buffer (snprintf-style, counting past the end), a
+ * stream, or a descriptor through a chunk buffer (for the last two, the
+ * first error sticks and ends the writing). */
+#define PM_CHUNK 8192
+
 typedef struct pm_sink {
     char *buf;
     size_t size;
     size_t len;
     FILE *f;
+    int fd;          /* >= 0: a descriptor; buf is then the chunk */
+    bool not_socket; /* send() said ENOTSOCK: write() from now on */
     int err;
 } pm_sink;
+
+/* All of p to s->fd: send() without SIGPIPE where fd is a socket, write()
+ * elsewhere. */
+static void fd_write(pm_sink *s, const char *p, size_t n)
+{
+    while (n && !s->err) {
+        ssize_t r = s->not_socket ? write(s->fd, p, n) : send(s->fd, p, n, MSG_NOSIGNAL);
+        if (r > 0) {
+            p += r;
+            n -= (size_t)r;
+        } else if (r < 0 && errno == ENOTSOCK && !s->not_socket) {
+            s->not_socket = true;
+        } else if (r == 0 || errno != EINTR) {
+            s->err = r == 0 ? -EIO : -errno;
+        }
+    }
+}
 
 static void put(pm_sink *s, const char *p, size_t n)
 {
@@ -828,6 +946,19 @@ static void put(pm_sink *s, const char *p, size_t n)
             if (fwrite(p, 1, n, s->f) != n)
                 s->err = errno > 0 ? -errno : -EIO;
         }
+    } else if (s->fd >= 0) {
+        while (n && !s->err) {
+            if (s->len == PM_CHUNK) {
+                fd_write(s, s->buf, s->len);
+                s->len = 0;
+            }
+            size_t k = PM_CHUNK - s->len < n ? PM_CHUNK - s->len : n;
+            memcpy(s->buf + s->len, p, k);
+            s->len += k;
+            p += k;
+            n -= k;
+        }
+        return;
     } else if (s->len < s->size) {
         size_t room = s->size - s->len;
         memcpy(s->buf + s->len, p, n < room ? n : room);
@@ -934,7 +1065,7 @@ int xs_stat_prometheus_write(xs_stat_source *reg, char *buf, size_t size, size_t
     registry *r = as_registry(reg);
     if (!r || !len || (!buf && size))
         return XS_EINVAL;
-    pm_sink s = {.buf = buf, .size = size};
+    pm_sink s = {.buf = buf, .size = size, .fd = -1};
     int rc = pm_write(r, &s);
     if (rc != 0)
         return rc;
@@ -949,8 +1080,21 @@ int xs_stat_prometheus_fwrite(xs_stat_source *reg, FILE *f)
     registry *r = as_registry(reg);
     if (!r || !f)
         return XS_EINVAL;
-    pm_sink s = {.f = f};
+    pm_sink s = {.f = f, .fd = -1};
     return pm_write(r, &s);
+}
+
+int xs_stat_prometheus_write_fd(xs_stat_source *reg, int fd)
+{
+    registry *r = as_registry(reg);
+    if (!r || fd < 0)
+        return XS_EINVAL;
+    char chunk[PM_CHUNK];
+    pm_sink s = {.buf = chunk, .fd = fd};
+    int rc = pm_write(r, &s);
+    if (rc == 0 && s.len)
+        fd_write(&s, chunk, s.len);
+    return rc ? rc : s.err;
 }
 
 /* ====================================================================== */
@@ -1014,7 +1158,10 @@ struct statsd {
     int64_t interval;
     xs__timer tick;
     pthread_mutex_t tick_mu;
-    bool closing, armed;    /* under tick_mu */
+    pthread_cond_t task_done;  /* signalled when a flush task ends */
+    bool closing, armed;       /* under tick_mu */
+    bool task_queued;          /* under tick_mu: a flush task has not started yet */
+    int tasks;                 /* under tick_mu: flush tasks queued or running (<= 2) */
     /* written by emitters and flushers: each on lines of its own */
     char pad0_[LINE];
     _Atomic size_t enq;     /* next queue position to claim */
@@ -1213,9 +1360,9 @@ static void sd_line(statsd *sd, sd_batch *b, const char *name, size_t name_len,
     b->lines++;
 }
 
-static int sd_flush(statsd *sd)
+/* flush_mu held. */
+static int sd_flush_locked(statsd *sd)
 {
-    pthread_mutex_lock(&sd->flush_mu);
     sd_batch b = {0, 0, 0};
     char v[32];
     /* Acquire: pairs with the release that pushed each counter. */
@@ -1225,11 +1372,15 @@ static int sd_flush(statsd *sd)
         if (d)
             sd_line(sd, &b, c->name, c->name_len, v, fmt_i64(v, d), "|c");
     }
-    for (;;) {
+    /* Only the positions claimed before we began (at most the queue's size:
+     * a producer claims a position only once the slot's previous record was
+     * taken).  "Until empty" would last as long as producers keep up. */
+    size_t end = atomic_load_explicit(&sd->enq, memory_order_relaxed);
+    while (sd->deq != end) {
         sd_slot *s = &sd->queue[sd->deq & sd->qmask];
         /* Acquire: pairs with the producer's release; the record is ours. */
         if (atomic_load_explicit(&s->seq, memory_order_acquire) != sd->deq + 1)
-            break; /* empty, or its producer has not finished writing */
+            break; /* its producer has claimed it but not finished writing */
         sd_timer *t = s->timer;
         int64_t ns = s->ns;
         /* Release: the producer that reuses the slot writes after our reads. */
@@ -1239,8 +1390,15 @@ static int sd_flush(statsd *sd)
                 "|ms");
     }
     sd_send(sd, &b);
-    pthread_mutex_unlock(&sd->flush_mu);
     return b.err;
+}
+
+static int sd_flush(statsd *sd)
+{
+    pthread_mutex_lock(&sd->flush_mu);
+    int rc = sd_flush_locked(sd);
+    pthread_mutex_unlock(&sd->flush_mu);
+    return rc;
 }
 
 int xs_stat_statsd_flush(xs_stat_source *src)
@@ -1262,27 +1420,57 @@ uint64_t xs_stat_statsd_sent(const xs_stat_source *src)
 }
 
 /*
- * The periodic flush.  Each firing ends the add that queued it (timer.h:
- * one final del per successful add) and, unless the source is closing, adds
- * the timer again for the next period.  Freeing sets `closing` under
- * tick_mu and then deletes the timer as final only if it is still armed: if
- * the callback re-armed before, the delete removes the queued timer; if it
- * runs now and sees `closing`, the delete waits for it to return and ends
- * its add; if re-arming failed (out of memory) there is nothing left to end.
+ * The periodic flush.  The clock's timer (sd_tick) only queues a flush task
+ * on the default pool and re-arms: the system clock's one timer thread
+ * fires every timer of the process (context deadlines, rate limiters), so
+ * it must not spend a flush's time, nor wait for flush_mu.  A tick that
+ * finds a task queued and not yet started submits none: that task will
+ * take everything the tick would have.  So at most two tasks exist, one
+ * running and one queued, and no period is lost.
+ *
+ * Each firing ends the add that queued it (timer.h: one final del per
+ * successful add) and, unless the source is closing, adds the timer again.
+ * Freeing sets `closing` under tick_mu, then deletes the timer as final if
+ * it is still armed (removing the queued one, or waiting for a firing in
+ * progress to return), then waits until no task is left: after that
+ * nothing refers to the source.  A tick or task touches the source only
+ * before its last unlock of tick_mu.
  */
+static void sd_flush_task(void *arg)
+{
+    statsd *sd = arg;
+    pthread_mutex_lock(&sd->tick_mu);
+    sd->task_queued = false;
+    pthread_mutex_unlock(&sd->tick_mu);
+    sd_flush(sd); /* may wait for another flush: each is bounded */
+    pthread_mutex_lock(&sd->tick_mu);
+    sd->tasks--;
+    pthread_cond_broadcast(&sd->task_done);
+    pthread_mutex_unlock(&sd->tick_mu);
+}
+
 static void sd_tick(xs__timer *tm)
 {
     statsd *sd = XS_CONTAINER_OF(tm, statsd, tick);
-    sd_flush(sd);
     pthread_mutex_lock(&sd->tick_mu);
-    if (!sd->closing) {
-        xs__timer_del(sd->clock, tm, true);
-        int64_t now = xs_clock_now(sd->clock);
-        int64_t next = xs__add_sat(tm->when, sd->interval);
-        if (next <= now) /* fell behind: skip the missed periods */
-            next = xs__add_sat(now, sd->interval);
-        tm->when = next;
-        sd->armed = xs__timer_add(sd->clock, tm) == 0;
+    if (sd->closing) {
+        pthread_mutex_unlock(&sd->tick_mu);
+        return;
+    }
+    xs__timer_del(sd->clock, tm, true);
+    int64_t now = xs_clock_now(sd->clock);
+    int64_t next = xs__add_sat(tm->when, sd->interval);
+    if (next <= now) /* fell behind: skip the missed periods */
+        next = xs__add_sat(now, sd->interval);
+    tm->when = next;
+    sd->armed = xs__timer_add(sd->clock, tm) == 0;
+    if (!sd->task_queued) {
+        /* No pool (out of memory or threads): this period is skipped. */
+        xs_pool *pool = xs_pool_default();
+        if (pool && xs_pool_submit(pool, sd_flush_task, sd) == 0) {
+            sd->task_queued = true;
+            sd->tasks++;
+        }
     }
     pthread_mutex_unlock(&sd->tick_mu);
 }
@@ -1299,6 +1487,7 @@ static void sd_destroy(statsd *sd)
     xs__free(sd->alloc, sd->prefix, sd->prefix_len + 1);
     pthread_mutex_destroy(&sd->flush_mu);
     pthread_mutex_destroy(&sd->tick_mu);
+    pthread_cond_destroy(&sd->task_done);
     xs__free(sd->alloc, sd, sizeof *sd);
 }
 
@@ -1312,6 +1501,14 @@ static void statsd_free(xs_stat_source *src)
         pthread_mutex_unlock(&sd->tick_mu);
         if (armed)
             xs__timer_del(sd->clock, &sd->tick, true);
+        /* No tick runs now.  A task may be queued: if we are a pool thread,
+         * lend our run slot so it can run. */
+        xs_pool_block_begin();
+        pthread_mutex_lock(&sd->tick_mu);
+        while (sd->tasks)
+            pthread_cond_wait(&sd->task_done, &sd->tick_mu);
+        pthread_mutex_unlock(&sd->tick_mu);
+        xs_pool_block_end();
     }
     sd_flush(sd);
     sd_destroy(sd);
@@ -1331,6 +1528,8 @@ static int sd_connect(const char *host, uint16_t port, int *fd_out)
     if (g != 0) {
         if (g == EAI_MEMORY)
             return XS_ENOMEM;
+        if (g == EAI_AGAIN) /* a temporary resolver failure: worth retrying */
+            return XS_EAGAIN;
         if (g == EAI_SYSTEM && errno > 0)
             return -errno;
         return XS_EINVAL;
@@ -1376,7 +1575,8 @@ int xs_stat_statsd_new(const xs_stat_statsd_options *opts, xs_stat_source **out)
         (o.flush_interval > 0 && o.flush_interval < XS_MSEC) ||
         prefix_len > payload - SD_LINE_RESERVE - 1)
         return XS_EINVAL;
-    size_t q = 1;
+    size_t q = 2; /* a Vyukov queue needs two slots: with one, a slot's "taken" and
+                   * "free for the next lap" sequence numbers are the same */
     while (q < qsize)
         q <<= 1;
     const xs_allocator *alloc = xs__allocator_resolve(o.allocator);
@@ -1394,6 +1594,7 @@ int xs_stat_statsd_new(const xs_stat_statsd_options *opts, xs_stat_source **out)
     sd->interval = o.flush_interval;
     pthread_mutex_init(&sd->flush_mu, NULL);
     pthread_mutex_init(&sd->tick_mu, NULL);
+    pthread_cond_init(&sd->task_done, NULL);
     int rc = XS_ENOMEM;
     sd->prefix = xs__alloc(alloc, prefix_len + 1);
     sd->queue = xs__alloc(alloc, q * sizeof *sd->queue);
@@ -1416,8 +1617,12 @@ int xs_stat_statsd_new(const xs_stat_statsd_options *opts, xs_stat_source **out)
     if (rc == 0 && sd->interval) {
         sd->tick.fn = sd_tick;
         sd->tick.when = xs__add_sat(xs_clock_now(sd->clock), sd->interval);
+        /* The first tick may fire (on another thread) as soon as it is
+         * added: armed is written under tick_mu, as the tick writes it. */
+        pthread_mutex_lock(&sd->tick_mu);
         rc = xs__timer_add(sd->clock, &sd->tick);
         sd->armed = rc == 0;
+        pthread_mutex_unlock(&sd->tick_mu);
     }
     if (rc != 0)
         goto fail;

@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include <xsync/alloc.h>
+#include <xsync/context.h>
 #include <xsync/error.h>
 #include <xsync/stats.h>
 #include <xsync/time.h>
@@ -607,6 +608,107 @@ TEST_T(registry_concurrent_adds_and_records_exact, 300)
     xs_stat_source_free(r);
 }
 
+/* ---- many threads recording the same latency (one histogram bucket) ---- */
+
+#define SB_VALUE 123456
+#define SB_RARE 7000000 /* every fourth record, so the quantiles mean something */
+
+typedef struct sb_arg {
+    xs_stat_timer *t;
+    th_event *go;
+} sb_arg;
+
+static void *same_bucket_worker(void *p)
+{
+    sb_arg *a = p;
+    th_event_wait(a->go, 1, WAIT_MS);
+    for (int i = 0; i < CONC_OPS; i++)
+        xs_stat_record(a->t, (i & 3) == 3 ? SB_RARE : SB_VALUE);
+    return NULL;
+}
+
+/* The stripe count the registry uses: CPUs rounded up to a power of two, at
+ * most 64. */
+static int64_t stripes_here(void)
+{
+    long n = sysconf(_SC_NPROCESSORS_CONF);
+    int64_t s = 1;
+    while (s < n && s < 64)
+        s <<= 1;
+    return s;
+}
+
+/* Records from CONC_THREADS threads into one timer, every thread the same
+ * two values; checks that nothing was lost or double counted.  Returns the
+ * allocations the recording made. */
+static int64_t same_bucket_round(xs_alloc_counter *ac, bool fail_allocations)
+{
+    xs_stat_source *r = new_registry(&ac->allocator);
+    if (!EXPECT(r))
+        return -1;
+    xs_stat_timer *t = timer_of(r, "hot");
+    if (!EXPECT(t)) {
+        xs_stat_source_free(r);
+        return -1;
+    }
+    th_event go;
+    th_event_init(&go);
+    pthread_t th[CONC_THREADS];
+    sb_arg arg = {t, &go};
+    int64_t before = atomic_load(&ac->allocs);
+    if (fail_allocations)
+        xs_alloc_counter_fail_at(ac, 1, 1);
+    for (int i = 0; i < CONC_THREADS; i++)
+        EXPECT_EQ(pthread_create(&th[i], NULL, same_bucket_worker, &arg), 0);
+    th_event_signal(&go);
+    for (int i = 0; i < CONC_THREADS; i++)
+        pthread_join(th[i], NULL);
+    xs_alloc_counter_fail_at(ac, 0, 0);
+    int64_t made = atomic_load(&ac->allocs) - before;
+    int64_t n = (int64_t)CONC_THREADS * CONC_OPS, rare = n / 4;
+    xs_stat_summary s;
+    EXPECT_EQ(xs_stat_timer_snapshot(t, &s), 0);
+    EXPECT_EQ(s.count, n);
+    EXPECT_EQ(s.sum, (n - rare) * SB_VALUE + rare * SB_RARE);
+    EXPECT_EQ(s.min, SB_VALUE);
+    EXPECT_EQ(s.max, SB_RARE);
+    EXPECT(abs_d((double)s.p50 - SB_VALUE) <= SB_VALUE * 0.004);
+    EXPECT(abs_d((double)s.p90 - SB_RARE) <= SB_RARE * 0.004); /* among the rare ones */
+    int64_t q = 0;
+    EXPECT_EQ(xs_stat_timer_quantile(t, 0.74, &q), 0);
+    EXPECT(abs_d((double)q - SB_VALUE) <= SB_VALUE * 0.004);
+    EXPECT_EQ(xs_stat_timer_quantile(t, 0.76, &q), 0);
+    EXPECT(abs_d((double)q - SB_RARE) <= SB_RARE * 0.004);
+    EXPECT_EQ(xs_stat_timer_quantile(t, 1.0, &q), 0);
+    EXPECT_EQ(q, SB_RARE); /* the max, exactly */
+    th_event_destroy(&go);
+    xs_stat_source_free(r);
+    EXPECT_EQ(atomic_load(&ac->live_bytes), 0);
+    return made;
+}
+
+TEST_T(registry_timer_same_bucket_from_many_threads_exact, 300)
+{
+    xs_alloc_counter ac;
+    xs_alloc_counter_init(&ac, NULL);
+    int64_t made = same_bucket_round(&ac, false);
+    /* contention may give stripes their own histograms: at most one each
+     * for the stripes other than the first */
+    EXPECT_GE(made, 0);
+    EXPECT_LE(made, stripes_here() - 1);
+    printf("    %lld stripe histograms allocated (%lld stripes)\n", (long long)made,
+           (long long)stripes_here());
+}
+
+TEST_T(registry_timer_contention_survives_allocation_failure, 300)
+{
+    /* every allocation fails while the threads record: the timer keeps
+     * counting in its shared histogram, exactly */
+    xs_alloc_counter ac;
+    xs_alloc_counter_init(&ac, NULL);
+    EXPECT_EQ(same_bucket_round(&ac, true), 0);
+}
+
 /* ======================================================================
  * Prometheus
  * ====================================================================== */
@@ -952,6 +1054,189 @@ TEST(prometheus_output_passes_promtool_check_metrics)
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
         printf("---- exposition given to promtool:\n%s----\n", out);
     free(out);
+    xs_stat_source_free(r);
+}
+
+/* Candidate names the collision resolution has tried, process-wide (an
+ * internal counter of src/stats.c, for this test). */
+extern _Atomic uint64_t xs__stat_pm_probes;
+
+/* Name i of a family of names that all rewrite to the same stem: nine
+ * bytes from ". - / space", each of which becomes '_'. */
+static void colliding_name(char out[10], int i)
+{
+    static const char sym[4] = {'.', '-', '/', ' '};
+    for (int k = 0; k < 9; k++, i >>= 2)
+        out[k] = sym[i & 3];
+    out[9] = 0;
+}
+
+static int cmp_name10(const void *a, const void *b)
+{
+    return strcmp((const char *)a, (const char *)b);
+}
+
+#define MANY_COLLIDING 16000
+
+TEST_T(prometheus_many_colliding_names_linear_unique_deterministic, 120)
+{
+    char(*names)[10] = malloc(MANY_COLLIDING * sizeof *names);
+    ASSERT(names);
+    for (int i = 0; i < MANY_COLLIDING; i++)
+        colliding_name(names[i], i);
+    char *outs[2] = {NULL, NULL};
+    for (int pass = 0; pass < 2; pass++) {
+        xs_stat_source *r = new_registry(NULL);
+        ASSERT(r);
+        for (int i = 0; i < MANY_COLLIDING; i++) /* created in two different orders */
+            xs_stat_add(counter_of(r, names[pass ? MANY_COLLIDING - 1 - i : i]), 1);
+        uint64_t probes = atomic_load(&xs__stat_pm_probes);
+        int64_t start = th_now_ns();
+        outs[pass] = render(r); /* renders twice: the size, then the text */
+        int64_t ns = th_now_ns() - start;
+        probes = atomic_load(&xs__stat_pm_probes) - probes;
+        /* Linear: each colliding name tries about one candidate per
+         * rendering, not one per earlier colliding name (n^2 / 2). */
+        EXPECT_LE(probes, (uint64_t)2 * 2 * MANY_COLLIDING);
+        printf("    %d colliding names: %llu candidate names tried, %.1f ms for two renderings\n",
+               MANY_COLLIDING, (unsigned long long)probes, (double)ns / 1e6);
+        xs_stat_source_free(r);
+        ASSERT(outs[pass]);
+    }
+    EXPECT(strcmp(outs[0], outs[1]) == 0);
+    /* Families come in the bytewise order of the original names; the first
+     * keeps the natural name, the k-th gets suffix _k: all distinct. */
+    qsort(names, MANY_COLLIDING, sizeof *names, cmp_name10);
+    const char *p = outs[0];
+    int bad = 0;
+    for (int i = 0; i < MANY_COLLIDING && p; i++) {
+        char family[64], want[128];
+        if (i == 0)
+            snprintf(family, sizeof family, "__________total");
+        else
+            snprintf(family, sizeof family, "__________%d_total", i + 1);
+        int n = snprintf(want, sizeof want,
+                         "# HELP %s xsync counter \"%s\"\n# TYPE %s counter\n%s 1\n", family,
+                         names[i], family, family);
+        if (strncmp(p, want, (size_t)n) != 0) {
+            if (bad++ < 3)
+                printf("    family %d: want \"%s\"\n", i, want);
+        }
+        p = strchr(p, '\n');
+        for (int k = 0; k < 2 && p; k++)
+            p = strchr(p + 1, '\n');
+        if (p)
+            p++;
+    }
+    EXPECT_EQ(bad, 0);
+    EXPECT(p && *p == 0); /* nothing after the last family */
+    free(outs[0]);
+    free(outs[1]);
+    free(names);
+}
+
+/* Reads everything from fd until EOF into a malloc'ed string. */
+static char *read_all(int fd)
+{
+    size_t cap = 1 << 16, len = 0;
+    char *buf = malloc(cap + 1);
+    for (;;) {
+        if (len == cap) {
+            cap *= 2;
+            buf = realloc(buf, cap + 1);
+        }
+        ssize_t n = read(fd, buf + len, cap - len);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        len += (size_t)n;
+    }
+    buf[len] = 0;
+    return buf;
+}
+
+typedef struct fd_reader {
+    int fd;
+    char *got;
+} fd_reader;
+
+static void *fd_reader_main(void *p)
+{
+    fd_reader *r = p;
+    r->got = read_all(r->fd);
+    return NULL;
+}
+
+static xs_stat_source *registry_with_many_metrics(int n)
+{
+    xs_stat_source *r = new_registry(NULL);
+    for (int i = 0; r && i < n; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "metric.%d", i);
+        xs_stat_add(counter_of(r, name), i);
+        snprintf(name, sizeof name, "metric.%d.latency", i);
+        xs_stat_record(timer_of(r, name), i * 1000);
+    }
+    return r;
+}
+
+TEST(prometheus_write_fd_matches_buffer_on_sockets_pipes_and_files)
+{
+    /* well over a socket's and a pipe's buffer: the writer must loop */
+    xs_stat_source *r = registry_with_many_metrics(2000);
+    ASSERT(r);
+    char *want = render(r);
+    ASSERT(want);
+    EXPECT_GT(strlen(want), (size_t)1 << 18);
+    for (int kind = 0; kind < 2; kind++) { /* a stream socket, a pipe */
+        int sv[2];
+        if (kind == 0)
+            ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        else
+            ASSERT_EQ(pipe(sv), 0);
+        int rd = kind == 0 ? sv[1] : sv[0], wr = kind == 0 ? sv[0] : sv[1];
+        fd_reader fr = {rd, NULL};
+        pthread_t th;
+        ASSERT_EQ(pthread_create(&th, NULL, fd_reader_main, &fr), 0);
+        EXPECT_EQ(xs_stat_prometheus_write_fd(r, wr), 0);
+        close(wr); /* EOF for the reader */
+        pthread_join(th, NULL);
+        close(rd);
+        EXPECT(fr.got && strcmp(fr.got, want) == 0);
+        free(fr.got);
+    }
+    /* a regular file */
+    FILE *f = tmpfile();
+    ASSERT(f);
+    EXPECT_EQ(xs_stat_prometheus_write_fd(r, fileno(f)), 0);
+    EXPECT_EQ(lseek(fileno(f), 0, SEEK_SET), 0);
+    char *got = read_all(fileno(f));
+    EXPECT(strcmp(got, want) == 0);
+    free(got);
+    fclose(f);
+    /* bad input */
+    EXPECT_EQ(xs_stat_prometheus_write_fd(NULL, 1), XS_EINVAL);
+    EXPECT_EQ(xs_stat_prometheus_write_fd(r, -1), XS_EINVAL);
+    int dead = dup(0);
+    ASSERT(dead >= 0);
+    close(dead);
+    EXPECT_EQ(xs_stat_prometheus_write_fd(r, dead), -EBADF);
+    free(want);
+    xs_stat_source_free(r);
+}
+
+TEST(prometheus_write_fd_to_a_hung_up_socket_returns_epipe)
+{
+    xs_stat_source *r = registry_with_many_metrics(2000);
+    ASSERT(r);
+    int sv[2];
+    ASSERT_EQ(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    close(sv[1]); /* the scraper hung up */
+    /* SIGPIPE's default action would end the process here */
+    EXPECT_EQ(xs_stat_prometheus_write_fd(r, sv[0]), -EPIPE);
+    EXPECT_EQ(xs_stat_prometheus_write_fd(r, sv[0]), -EPIPE); /* and again */
+    close(sv[0]);
     xs_stat_source_free(r);
 }
 
@@ -1563,4 +1848,252 @@ TEST_T(statsd_concurrent_emitters_exact_totals, 300)
     th_event_destroy(&c->go);
     th_event_destroy(&c->received);
     free(c);
+}
+
+/* ---- flushes are bounded; the periodic one stays off the timer thread ---- */
+
+/* A thread recording into one timer as fast as it can until told to stop
+ * (or, should a test fail to stop it, HAMMER_MAX records). */
+#define HAMMER_MAX 50000000
+
+typedef struct hammer {
+    xs_stat_timer *t;
+    _Atomic bool stop;
+    _Atomic uint64_t made; /* records so far, updated every 1024 */
+    uint64_t records;
+    th_event started; /* signalled once 1000 records were made */
+    pthread_t th;
+} hammer;
+
+static void *hammer_main(void *p)
+{
+    hammer *h = p;
+    uint64_t n = 0;
+    for (; n < HAMMER_MAX && !atomic_load_explicit(&h->stop, memory_order_relaxed); n++) {
+        xs_stat_record(h->t, 1234567 + (int64_t)(n & 1023));
+        if ((n & 1023) == 0)
+            atomic_store_explicit(&h->made, n, memory_order_relaxed);
+        if (n == 1000)
+            th_event_signal(&h->started);
+    }
+    h->records = n;
+    th_event_signal(&h->started);
+    return NULL;
+}
+
+static bool hammer_start(hammer *h, xs_stat_source *s)
+{
+    memset(h, 0, sizeof *h);
+    h->t = timer_of(s, "hammered");
+    th_event_init(&h->started);
+    if (!h->t || pthread_create(&h->th, NULL, hammer_main, h) != 0)
+        return false;
+    return th_event_wait(&h->started, 1, WAIT_MS);
+}
+
+static uint64_t hammer_stop(hammer *h)
+{
+    atomic_store_explicit(&h->stop, true, memory_order_relaxed);
+    pthread_join(h->th, NULL);
+    th_event_destroy(&h->started);
+    return h->records;
+}
+
+TEST_T(statsd_flush_takes_at_most_a_queue_of_records_while_a_producer_records, 120)
+{
+    receiver rv; /* never read: what it cannot hold, the kernel drops */
+    ASSERT(receiver_open(&rv, 0));
+    xs_stat_source *s = new_statsd((xs_stat_statsd_options){.port = rv.port, .queue_size = 64});
+    ASSERT(s);
+    hammer h;
+    ASSERT(hammer_start(&h, s));
+    /* Each flush takes the records claimed before it began: at most a
+     * queue's worth, however fast the producer refills the queue.  Flush
+     * until the producer has made 200000 records meanwhile (bounded). */
+    uint64_t most = 0, total = 0, start = atomic_load(&h.made);
+    int64_t end = th_now_ns() + (int64_t)WAIT_MS * 1000000;
+    int flushes = 0;
+    while (atomic_load(&h.made) - start < 200000 && th_now_ns() < end) {
+        uint64_t before = xs_stat_statsd_sent(s);
+        xs_stat_statsd_flush(s);
+        uint64_t n = xs_stat_statsd_sent(s) - before;
+        total += n;
+        if (n > most)
+            most = n;
+        flushes++;
+    }
+    uint64_t made = atomic_load(&h.made) - start;
+    hammer_stop(&h);
+    EXPECT_GE(made, 200000);
+    EXPECT_LE(most, 64);
+    EXPECT_GT(total, 0);
+    printf("    %d flushes sent %llu lines (at most %llu each) while %llu records were made\n",
+           flushes, (unsigned long long)total, (unsigned long long)most, (unsigned long long)made);
+    xs_stat_source_free(s);
+    close(rv.fd);
+}
+
+TEST_T(statsd_periodic_flush_does_not_delay_context_deadlines, 120)
+{
+    receiver rv;
+    ASSERT(receiver_open(&rv, 0));
+    xs_stat_source *s = new_statsd((xs_stat_statsd_options){
+        .port = rv.port, .queue_size = 1 << 16, .flush_interval = XS_MSEC});
+    ASSERT(s);
+    hammer h;
+    ASSERT(hammer_start(&h, s));
+    lines l = {0};
+    EXPECT(recv_one(&rv, &l, WAIT_MS)); /* periodic flushes are running */
+    lines_free(&l);
+    /* The system clock's timer thread fires every context deadline of the
+     * process: a flush must not hold it up. */
+    int64_t worst = 0, took[20];
+    for (int i = 0; i < 20; i++) {
+        xs_ctx *c = NULL;
+        ASSERT_EQ(xs_ctx_with_timeout(xs_ctx_background(), 5 * XS_MSEC, 0, &c), 0);
+        int64_t start = th_now_ns();
+        EXPECT_EQ(xs_ctx_wait(c, 2 * XS_SEC), XS_EDEADLINE);
+        took[i] = th_now_ns() - start;
+        xs_ctx_release(c);
+        if (took[i] > worst)
+            worst = took[i];
+    }
+    uint64_t records = hammer_stop(&h);
+    if (!EXPECT_LE(worst, 500 * XS_MSEC))
+        for (int i = 0; i < 20; i++)
+            printf("    deadline %d: %.3f ms\n", i, (double)took[i] / 1e6);
+    printf("    5 ms deadlines fired within %.3f ms while %llu records were made"
+           " (%llu sent, %llu dropped)\n",
+           (double)worst / 1e6, (unsigned long long)records,
+           (unsigned long long)xs_stat_statsd_sent(s), (unsigned long long)xs_stat_statsd_drops(s));
+    xs_stat_source_free(s);
+    close(rv.fd);
+}
+
+TEST_T(statsd_free_races_the_periodic_flush_cleanly, 120)
+{
+    /* Create, emit, free with a 1 ms period: frees land before, during and
+     * after periodic flushes (ASan and TSan builds check the overlap). */
+    receiver rv;
+    ASSERT(receiver_open(&rv, 1 << 20));
+    int waited = 0;
+    for (int cycle = 0; cycle < 200; cycle++) {
+        lines l = {0};
+        while (recv_one(&rv, &l, 0)) /* what earlier cycles sent */
+            ;
+        lines_free(&l);
+        xs_stat_source *s = new_statsd((xs_stat_statsd_options){
+            .port = rv.port, .queue_size = 64, .flush_interval = XS_MSEC});
+        ASSERT(s);
+        xs_stat_timer *t = timer_of(s, "t");
+        xs_stat_counter *c = counter_of(s, "c");
+        for (int i = 0; i < 100; i++) {
+            xs_stat_record(t, i * 1000);
+            xs_stat_add(c, 1);
+        }
+        if (cycle % 2 == 0) { /* free right after a periodic flush sent something */
+            waited += EXPECT(recv_one(&rv, &l, WAIT_MS));
+            lines_free(&l);
+        }
+        xs_stat_source_free(s);
+    }
+    EXPECT_EQ(waited, 100);
+    close(rv.fd);
+}
+
+TEST(statsd_queue_size_one_rounds_up_to_two)
+{
+    receiver rv;
+    ASSERT(receiver_open(&rv, 0));
+    xs_stat_source *s = new_statsd((xs_stat_statsd_options){.port = rv.port, .queue_size = 1});
+    ASSERT(s);
+    xs_stat_timer *t = timer_of(s, "lat");
+    xs_stat_record(t, 1000000);
+    xs_stat_record(t, 2000000);
+    xs_stat_record(t, 3000000); /* the queue holds two: dropped */
+    EXPECT_EQ(xs_stat_statsd_drops(s), 1);
+    EXPECT_EQ(xs_stat_statsd_flush(s), 0);
+    EXPECT_EQ(xs_stat_statsd_sent(s), 2);
+    xs_stat_record(t, 4000000);
+    EXPECT_EQ(xs_stat_statsd_flush(s), 0);
+    EXPECT_EQ(xs_stat_statsd_sent(s), 3);
+    xs_stat_add(counter_of(s, "end"), 1);
+    EXPECT_EQ(xs_stat_statsd_flush(s), 0);
+    lines l = {0};
+    EXPECT(recv_until(&rv, &l, "end:1|c"));
+    const char *want[] = {"lat:1|ms", "lat:2|ms", "lat:4|ms", "end:1|c"};
+    expect_lines(&l, want, 4);
+    lines_free(&l);
+    xs_stat_source_free(s);
+    close(rv.fd);
+}
+
+TEST(statsd_first_tick_races_creation_cleanly)
+{
+    /* The first periodic flush may fire while xs_stat_statsd_new is still
+     * returning (TSan checks the source's own bookkeeping). */
+    receiver rv;
+    ASSERT(receiver_open(&rv, 0));
+    for (int round = 0; round < 20; round++) {
+        xs_stat_source *s = new_statsd((xs_stat_statsd_options){
+            .port = rv.port, .flush_interval = XS_MSEC}); /* no metrics yet */
+        ASSERT(s);
+        xs_stat_add(counter_of(s, "after"), 1);
+        lines l = {0};
+        EXPECT(recv_until(&rv, &l, "after:1|c")); /* a tick's flush, observed */
+        lines_free(&l);
+        xs_stat_source_free(s);
+    }
+    close(rv.fd);
+}
+
+typedef struct advancer {
+    xs_clock *clk;
+    _Atomic bool stop;
+    th_event started;
+} advancer;
+
+/* Advances the clock by 1 ms at a time until told to stop (or, should the
+ * test fail to stop it, for 5 minutes). */
+static void *advancer_main(void *p)
+{
+    advancer *a = p;
+    int64_t end = th_now_ns() + 300 * INT64_C(1000000000);
+    for (int n = 0; !atomic_load(&a->stop) && th_now_ns() < end; n++) {
+        xs_clock_advance(a->clk, XS_MSEC);
+        if (n == 0)
+            th_event_signal(&a->started);
+    }
+    return NULL;
+}
+
+TEST_T(statsd_manual_clock_ticking_during_creation_leaves_the_clock_free, 120)
+{
+    receiver rv;
+    ASSERT(receiver_open(&rv, 0));
+    advancer a = {0};
+    ASSERT_EQ(xs_clock_manual_new(0, NULL, &a.clk), 0);
+    th_event_init(&a.started);
+    pthread_t th;
+    ASSERT_EQ(pthread_create(&th, NULL, advancer_main, &a), 0);
+    EXPECT(th_event_wait(&a.started, 1, WAIT_MS));
+    /* Another thread moves the clock all along: ticks fire during creation,
+     * while the source is used, and during free. */
+    for (int i = 0; i < 100; i++) {
+        xs_stat_source *s = new_statsd((xs_stat_statsd_options){
+            .port = rv.port, .flush_interval = XS_MSEC, .clock = a.clk}); /* no metrics yet */
+        ASSERT(s);
+        if (i % 2 == 0) {
+            xs_stat_add(counter_of(s, "after"), 1);
+            lines l = {0};
+            EXPECT(recv_until(&rv, &l, "after:1|c")); /* a tick's flush, observed */
+            lines_free(&l);
+        }
+        xs_stat_source_free(s);
+    }
+    atomic_store(&a.stop, true);
+    pthread_join(th, NULL);
+    EXPECT_EQ(xs_clock_free(a.clk), 0); /* every timer the sources armed was ended */
+    th_event_destroy(&a.started);
+    close(rv.fd);
 }

@@ -126,16 +126,26 @@ static inline void xs_stat_record(xs_stat_timer *t, int64_t ns)
  * of the bucket holding it, clamped to [min, max], so it is within 1/256
  * (0.4%) of the true sample value (exact below 256 ns, and for the lowest
  * and highest rank, which are the min and max).  Count, sum, min and
- * max are exact.  A timer holds 7296 64-bit buckets: about 57 KiB, allocated
- * when the timer is created.  Negative durations are recorded as 0.  The sum
- * wraps after 2^63 ns (292 years of total latency).
+ * max are exact.  A histogram is 7296 64-bit buckets: about 57 KiB.  A timer
+ * gets one when it is created, shared by every thread.  Threads on different
+ * stripes that record the same latency at the same moment would fight over
+ * its bucket's cache line, so the first time a record finds its bucket
+ * changed under it by another thread, that record's stripe gets a histogram
+ * of its own (allocated then, by that record, through the registry's
+ * allocator; if the allocation fails the stripe keeps sharing, for good).
+ * So a timer holds 1 to `stripes` histograms (57 KiB to 3.6 MiB with 64
+ * stripes); reads add them up.  Negative durations are recorded as 0.  The
+ * sum wraps after 2^63 ns (292 years of total latency).
  *
- * Emitting (add, record) is lock-free, allocation-free and a few relaxed
- * atomic operations: no ordering with other memory is implied.  Reading
- * while other threads emit sees each counter and bucket at some value it had;
- * a snapshot's fields are not one atomic cut (count may include a record
- * whose sum has not landed yet).  Reads after the emitters are joined are
- * exact.
+ * Emitting (add, record) is a few relaxed atomic operations, lock-free, and
+ * allocation-free except for that one allocation per stripe of a timer
+ * (made by a record that met contention; the allocator's own locking is
+ * the only waiting an emitter can ever do).  No ordering with other memory
+ * is implied.  Reading while other threads emit sees each counter and
+ * bucket at some value it had; a snapshot's fields are not one atomic cut
+ * (count may include a record whose sum has not landed yet).  Reads after
+ * the emitters are joined are exact.  A timer read walks every histogram
+ * of the timer: up to `stripes` times the work of an uncontended one.
  */
 
 /*
@@ -220,8 +230,7 @@ XS_API int xs_stat_registry_range(xs_stat_source *reg, xs_stat_range_fn fn, void
  * up.
  *
  * Names.  <base> is the name rewritten to Prometheus' [a-zA-Z_:][a-zA-Z0-9_:]*
- * and to its snake_case convention (so `promtool check metrics` finds nothing
- * to lint in the rewriting itself):
+ * and to its snake_case convention:
  *   - an ASCII uppercase letter that follows a lowercase letter or a digit
  *     gets '_' before it ("getUser" -> "get_user"); all ASCII letters are
  *     lowercased ("HTTP" -> "http");
@@ -240,11 +249,18 @@ XS_API int xs_stat_registry_range(xs_stat_source *reg, xs_stat_range_fn fn, void
  * inserted before the unit suffix ("a.b" -> a_b_total, then "a_b" ->
  * a_b_2_total), skipping any number whose name another metric already has.
  * The result depends only on the set of names.  Counter and timer families
- * never collide with each other (their names end differently).
+ * never collide with each other (their names end differently).  Resolving
+ * them takes time linear in the number of metrics however many collide (so
+ * names from untrusted input cannot make a rendering quadratic).
  *
- * What promtool may still lint comes from the names you chose: units other
- * than the base one (`_milliseconds`), abbreviations (`_ms`), a type in the
- * name (`_counter`).
+ * The output is always valid exposition text, but `promtool check metrics`
+ * may lint names: for what you chose (units other than the base one,
+ * `_milliseconds`; abbreviations, `_ms`; a type in the name, `_counter`) and
+ * also for what the rewriting makes.  Promtool splits a name at '_' and
+ * flags any piece that reads as a unit abbreviation (s, ms, m, h, d, b, kb,
+ * ...), and a byte turned into '_' or a case split can leave such a piece:
+ * "cafés" -> caf__s_total, "getM" -> get_m_total, "req/s" -> req_s_total
+ * are flagged.  These are warnings about style, not format errors.
  *
  * Each rendering ranges over the registry (see xs_stat_registry_range: a
  * metric created meanwhile may be missing) and allocates its working arrays
@@ -266,8 +282,29 @@ XS_API int xs_stat_prometheus_write(xs_stat_source *reg, char *buf, size_t size,
  * Renders the registry to a stdio stream (a file, a pipe, an fdopen'ed
  * socket), leaving it unflushed.  Returns 0, XS_EINVAL, XS_ENOMEM, or the
  * negative errno of a failed write (-EIO if the stream does not say).
+ *
+ * SIGPIPE: writing to a socket or pipe whose peer has gone (a scraper that
+ * hung up) raises SIGPIPE, whose default action ends the process.  stdio
+ * cannot avoid it.  To serve /metrics on a socket, use
+ * xs_stat_prometheus_write_fd, or ignore SIGPIPE in the process
+ * (signal(SIGPIPE, SIG_IGN)) before calling this.
  */
 XS_API int xs_stat_prometheus_fwrite(xs_stat_source *reg, FILE *f);
+
+/*
+ * Renders the registry to a file descriptor: what to call to answer a
+ * scrape on a connected socket.  Writes through a buffer of 8 KiB, with
+ * send(MSG_NOSIGNAL) when fd is a socket (so a peer that hung up gives
+ * -EPIPE, never SIGPIPE) and write() otherwise (a file; a pipe whose
+ * reader is gone does raise SIGPIPE there: ignore it if you write to
+ * pipes).  Blocks until everything is written, retrying after EINTR; a
+ * non-blocking fd that would block fails with XS_EAGAIN.  Returns 0,
+ * XS_EINVAL (reg not a registry, fd < 0), XS_ENOMEM (nothing written), or
+ * the negative errno of the first failed write (-EPIPE, -ECONNRESET,
+ * -EBADF, ...), after which nothing more is written: the peer got a prefix
+ * of the exposition.  Thread-safe; the descriptor is left open.
+ */
+XS_API int xs_stat_prometheus_write_fd(xs_stat_source *reg, int fd);
 
 /* ======================================================================
  * statsd over UDP
@@ -282,13 +319,17 @@ XS_API int xs_stat_prometheus_fwrite(xs_stat_source *reg, FILE *f);
  * Emitting never blocks and never makes a system call:
  *   - a counter add is an atomic add to the counter's own striped total;
  *     a flush sends one line per counter that changed since the last flush
- *     with the sum of the deltas (statsd adds them up the same way);
+ *     with the sum of the deltas (statsd adds them up the same way; the sum
+ *     wraps around on int64 overflow, as the registry's counters do);
  *   - a timer record puts (timer, duration) in a bounded lock-free queue
  *     (queue_size records); when the queue is full the record is dropped and
  *     counted.
- * A flush drains all of that into datagrams of at most max_payload bytes,
- * lines separated by '\n' (none after the last), a line never split, and
- * sends each with one non-blocking send() on a connected UDP socket.  A
+ * A flush takes the counters' deltas and the timer records queued before it
+ * began — at most queue_size records, so a flush ends however fast
+ * producers keep recording; what they record meanwhile waits for the next
+ * flush — into datagrams of at most max_payload bytes, lines separated by
+ * '\n' (none after the last), a line never split, and sends each with one
+ * non-blocking send() on a connected UDP socket.  A
  * datagram the kernel refuses (EAGAIN, ENOBUFS, ECONNREFUSED — the ICMP
  * "port unreachable" of an earlier datagram —, any error) is dropped and
  * its lines counted as drops; nothing is retried.  Drops the network makes
@@ -300,10 +341,30 @@ XS_API int xs_stat_prometheus_fwrite(xs_stat_source *reg, FILE *f);
  * (1500000 ns -> "1.5", 2000000 -> "2", 1 -> "0.000001"); negative
  * durations as 0.  No floating point and no locale.
  *
+ * A record's producer claims a place in the queue, then writes the record
+ * and publishes it.  A producer preempted between the two (descheduled for
+ * a while) stalls the queue at its place: flushes take the records before
+ * it and leave it and the ones after for a later flush, and if it stays
+ * away long enough the queue fills and records are dropped (and counted).
+ * That is inherent in a bounded queue whose producers never wait.
+ *
  * Flushing: explicitly with xs_stat_statsd_flush, and, when flush_interval
- * is set, periodically on the clock's timer thread (the system clock's
- * shared timer thread; a manual clock's xs_clock_advance, in the advancing
- * thread).  Flushes are serialised; xs_stat_source_free does a last one.
+ * is set, periodically: a timer on the clock (the system clock's timer
+ * thread, or a manual clock's xs_clock_advance) queues the flush as a task
+ * on the default pool (xs_pool_default) and the flush runs there, so it
+ * never delays the other timers of the clock (context deadlines, rate
+ * limiters).  The cost: the default pool is started on the first period;
+ * every period submits one task (none while the previous one has not
+ * started: it will take this period's records too) that occupies a run
+ * slot of the pool for one flush, at most queue_size records, plus any wait
+ * for a flush running in another thread; a period whose task cannot be
+ * queued (no pool: out of memory or threads) is skipped.  On a manual clock
+ * the flush therefore runs shortly after xs_clock_advance, not inside it.
+ * Flushes are serialised; xs_stat_source_free waits for the periodic
+ * flushes queued or running, then does a last one.  A forked child must
+ * not use or free a source with a flush_interval that its parent created:
+ * the parent's flush task does not exist in the child, and may have held
+ * the source's lock.
  *
  * Names.  The line name is prefix + name, both rewritten byte for byte:
  * ':', '|', '@' (the protocol's separators), ' ', control bytes (below 0x20,
@@ -318,15 +379,19 @@ typedef struct xs_stat_statsd_options {
     const char *host;        /* server address or host name; NULL: "127.0.0.1".
                               * Resolved once, in xs_stat_statsd_new, with
                               * getaddrinfo (which may block on DNS; a numeric
-                              * address never does); the first address it
-                              * returns is used ("localhost" may give ::1 while
-                              * the server listens on 127.0.0.1 only). */
+                              * address never does); its addresses are tried
+                              * in its order and the first one a UDP socket
+                              * connects to is used.  UDP connect only checks
+                              * the address locally, so that is normally the
+                              * first address: "localhost" may give ::1 while
+                              * the server listens on 127.0.0.1 only. */
     uint16_t port;           /* 0: 8125 */
     const char *prefix;      /* prepended to every name, e.g. "myapp."; NULL: none */
     size_t max_payload;      /* bytes per datagram, 64..65507; 0: 1432 (fits a
                               * 1500-byte MTU with IPv6 and UDP headers) */
     size_t queue_size;       /* timer records buffered between flushes, rounded
-                              * up to a power of two, at most 2^24; 0: 4096 */
+                              * up to a power of two, at least 2 (1 becomes 2),
+                              * at most 2^24; 0: 4096 */
     int64_t flush_interval;  /* ns between automatic flushes; 0: none (only
                               * xs_stat_statsd_flush); > 0: at least 1 ms */
     xs_clock *clock;         /* for flush_interval; NULL: the system clock.  A
@@ -339,17 +404,20 @@ typedef struct xs_stat_statsd_options {
  * socket connected to it (close-on-exec), and arms the periodic flush if
  * asked.  opts NULL: all defaults.  Returns 0 and the source in *out;
  * XS_EINVAL (out NULL, an option out of range, an empty host, a host that
- * does not resolve, a prefix longer than max_payload - 33 bytes); XS_ENOMEM;
- * XS_EMFILE or another negative errno from socket()/connect().  Nothing is
+ * does not resolve, a prefix longer than max_payload - 33 bytes); XS_EAGAIN
+ * (the resolver failed temporarily, EAI_AGAIN: a DNS server did not answer;
+ * try again later); XS_ENOMEM; XS_EMFILE or another negative errno from
+ * socket()/connect() (the last address's, when none connected).  Nothing is
  * left open or allocated on error.  Free with xs_stat_source_free (before a
  * manual clock it uses).
  */
 XS_API int xs_stat_statsd_new(const xs_stat_statsd_options *opts, xs_stat_source **out);
 
 /*
- * Sends everything emitted so far (counters changed since the last flush,
- * queued timer records) now, in the calling thread, without blocking on the
- * network (it may wait for a flush running in another thread).  Returns 0
+ * Sends what was emitted before the call (counters changed since the last
+ * flush, timer records queued — at most queue_size of them, see above) now,
+ * in the calling thread, without blocking on the network (it may wait for
+ * a flush running in another thread, itself bounded the same way).  Returns 0
  * if every datagram was accepted by the kernel, otherwise the negative
  * errno of the first refused one (its lines and the others' were counted as
  * drops either way), or XS_EINVAL (src not a statsd source).  Thread-safe.
