@@ -1959,12 +1959,24 @@ TEST_T(statsd_periodic_flush_does_not_delay_context_deadlines, 120)
             worst = took[i];
     }
     uint64_t records = hammer_stop(&h);
-    if (!EXPECT_LE(worst, 500 * XS_MSEC))
+    /* The median, not the worst: a flush on the timer thread delays every
+     * deadline by a whole flush (hundreds of ms here before the fix), while
+     * one deadline can always be late on a loaded machine (a sanitizer
+     * build on 2 shared CPUs). */
+    int64_t sorted[20];
+    memcpy(sorted, took, sizeof sorted);
+    for (int i = 1; i < 20; i++)
+        for (int j = i; j > 0 && sorted[j - 1] > sorted[j]; j--) {
+            int64_t t = sorted[j];
+            sorted[j] = sorted[j - 1];
+            sorted[j - 1] = t;
+        }
+    if (!EXPECT_LE(sorted[10], 100 * XS_MSEC))
         for (int i = 0; i < 20; i++)
             printf("    deadline %d: %.3f ms\n", i, (double)took[i] / 1e6);
-    printf("    5 ms deadlines fired within %.3f ms while %llu records were made"
+    printf("    5 ms deadlines fired within %.3f ms (median %.3f) while %llu records were made"
            " (%llu sent, %llu dropped)\n",
-           (double)worst / 1e6, (unsigned long long)records,
+           (double)worst / 1e6, (double)sorted[10] / 1e6, (unsigned long long)records,
            (unsigned long long)xs_stat_statsd_sent(s), (unsigned long long)xs_stat_statsd_drops(s));
     xs_stat_source_free(s);
     close(rv.fd);
