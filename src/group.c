@@ -3,8 +3,9 @@
  *
  * One 32-bit word, `st`, carries the number of active tasks (started and
  * not returned: Go's semaphore tokens and WaitGroup count are the same
- * set) and three flags: SETTING (set_limit in progress), WAITS (a go is
- * parked on a full limit), WAITZ (a wait is parked until zero).  Waiters
+ * set) and four flags: SETTING (set_limit in progress), WAITS (a go is
+ * parked on a full limit), WAITZ (a wait is parked until zero), OFFER (a
+ * go's task waits in the mailbox, below).  Waiters
  * park on `st` itself, so the decrement that ends a task is also the
  * futex change: after it the finishing thread touches the group only
  * through xs__park_wake's address, which never dereferences it — a waiter
@@ -15,15 +16,20 @@
  * the limit only by turning a zero word into SETTING, so the limit a go
  * reads while its increment stands cannot change under it.
  *
- * Hand-off.  A go that finds the limit full offers its task in `offer`
- * (one offer at a time; further goers wait on `st` as before) and waits.
- * A task that ends looks at `offer` before giving back its slot: if a task
- * is offered it takes it and runs it at once on the same thread, so the
- * slot passes from one task to the next without touching the pool's
- * queues or waking a thread.  The goer, told `taken`, returns; if instead a
- * slot comes free (a task ended without seeing the offer) or the group
- * stops, it withdraws its offer with a CAS and goes the ordinary way.
- * The offer never runs in the goer's own thread.
+ * Hand-off.  A go that finds the limit full offers its task: it claims the
+ * one-entry mailbox `offer` (CAS from NULL), then publishes it by setting
+ * OFFER in `st` with a CAS that requires the count still full, and sleeps
+ * on the offer's own state word.  Every end of a task goes through one CAS
+ * loop on `st` (end_slot), so it sees a published offer in the same CAS
+ * that would decrement: it clears OFFER instead, keeps its slot and runs
+ * the offered task at once on the same thread — the slot passes from one
+ * task to the next without the pool's queues or a thread wake-up — or, if
+ * it may not (the group stopped, the thread should give the pool's queued
+ * work a turn, or it is undoing a go), hands the offer back (REFUSED), and
+ * the goer decides again.  Only the goer resets its state word, so its
+ * sleep cannot miss the answer.  Goers that find the mailbox taken wait on
+ * `st` (WAITS) until it is free.  An offer never runs in the goer's own
+ * thread.
  *
  * A task is queued on the pool as (runner, user function, user argument,
  * group): no allocation per task.  Collect mode needs a result slot per
@@ -40,7 +46,8 @@
 #include "park.h"
 #include "pool_internal.h"
 
-#define COUNT_MASK ((UINT32_C(1) << 29) - 1)
+#define COUNT_MASK ((UINT32_C(1) << 28) - 1)
+#define F_OFFER (UINT32_C(1) << 28)
 #define F_SETTING (UINT32_C(1) << 29)
 #define F_WAITS (UINT32_C(1) << 30)
 #define F_WAITZ (UINT32_C(1) << 31)
@@ -55,12 +62,17 @@ typedef struct rec {
     int err;
 } rec;
 
-/* A go's task offered on a full limit; lives on the goer's stack until
- * `taken` is set (after which the goer may return at once). */
+/* Offer states. */
+#define O_PENDING 0u
+#define O_TAKEN 1u   /* running in the slot of the task that took it */
+#define O_REFUSED 2u /* handed back: the goer decides again */
+
+/* A go's task offered on a full limit; lives on the goer's stack.  The goer
+ * sleeps on `state`, which nobody but it sets back to PENDING. */
 typedef struct offer {
     xs__fn f;
     void *a; /* the user's argument, or the task's record (collect mode) */
-    _Atomic uint32_t taken;
+    _Atomic uint32_t state;
 } offer;
 
 typedef struct chunk {
@@ -72,7 +84,10 @@ typedef struct chunk {
  * go writes (mu and its fields) sit on different cache lines. */
 struct xs_group {
     _Atomic uint32_t st;
-    _Atomic(offer *) offer; /* beside st: goer and taker touch both */
+    /* The mailbox: claimed by a goer (CAS from NULL), published by OFFER in
+     * st, read and emptied only by the thread that clears OFFER.  Beside
+     * st: goer and taker touch both. */
+    _Atomic(offer *) offer;
     _Atomic int limit; /* -1: none; changed only under SETTING */
     _Atomic int err;   /* first non-zero task result */
     unsigned flags;
@@ -97,21 +112,6 @@ static void push(_Atomic(rec *) *head, rec *r)
     /* Release: the consumer's acquire exchange sees the record's fields. */
     while (!atomic_compare_exchange_weak_explicit(head, &h, r, memory_order_release,
                                                   memory_order_relaxed));
-}
-
-/* Ends one active task (or undoes a go's increment) and wakes whoever the
- * flags say is parked.  The last touch of g. */
-static void slot_release(xs_group *g)
-{
-    uint32_t s = atomic_load_explicit(&g->st, memory_order_relaxed), n;
-    do {
-        n = (s - 1) & ~F_WAITS;
-        if ((n & COUNT_MASK) == 0)
-            n &= ~F_WAITZ;
-    } while (!atomic_compare_exchange_weak_explicit(&g->st, &s, n, memory_order_release,
-                                                    memory_order_relaxed));
-    if ((s ^ n) & (F_WAITS | F_WAITZ))
-        xs__park_wake(&g->st, INT32_MAX);
 }
 
 /* Records a task's result: the first error is kept and (outside collect
@@ -141,50 +141,82 @@ static void run_one(xs_group *g, xs__fn f, void *a)
     push(&g->done, r);
 }
 
-/* A goer parked on st for its offer: clearing F_WAITS changes the word it
- * sleeps on, so the wake cannot fall between its check and its sleep. */
-static void wake_goers(xs_group *g)
-{
-    /* Release: a goer that reads st after this (or after a later RMW in
-     * its release sequence) sees `taken`. */
-    if (atomic_fetch_and_explicit(&g->st, ~F_WAITS, memory_order_acq_rel) & F_WAITS)
-        xs__park_wake(&g->st, INT32_MAX);
-}
-
 static bool stopped(xs_group *g)
 {
     return (g->flags & XS_GROUP_STOP_ON_FAILURE) &&
            atomic_load_explicit(&g->err, memory_order_relaxed) != 0;
 }
 
+/*
+ * Ends one active task (or undoes a go's increment).  A published offer is
+ * seen in the same CAS as the decrement would be, so it cannot be missed:
+ * with `take` (and the group not stopped) it is taken — true, *f and *a
+ * set, the slot kept for it — else handed back to its goer, and the slot
+ * then released.  After a false return g was not touched after the
+ * decrement (a waiter may have freed it): the last touch of g.
+ */
+static bool end_slot(xs_group *g, bool take, xs__fn *f, void **a)
+{
+    uint32_t s = atomic_load_explicit(&g->st, memory_order_relaxed);
+    for (;;) {
+        if (s & F_OFFER) {
+            /* Acquire: the goer's publishing CAS (release) came after its
+             * writes of the mailbox and the offer. */
+            if (!atomic_compare_exchange_weak_explicit(&g->st, &s, s & ~(F_OFFER | F_WAITS),
+                                                       memory_order_acquire, memory_order_relaxed))
+                continue;
+            offer *o = atomic_load_explicit(&g->offer, memory_order_relaxed);
+            bool took = take && !stopped(g);
+            if (took) {
+                *f = o->f;
+                *a = o->a;
+                if (g->flags & XS_GROUP_COLLECT) {
+                    xs__lock_acquire(&g->mu);
+                    ((rec *)*a)->idx = g->next_idx++; /* its go succeeds now */
+                    xs__lock_release(&g->mu);
+                }
+            }
+            atomic_store_explicit(&g->offer, NULL, memory_order_relaxed);
+            /* Release: our reads of *o come first; the goer may then return
+             * and reuse the frame. */
+            atomic_store_explicit(&o->state, took ? O_TAKEN : O_REFUSED, memory_order_release);
+            xs__park_wake(&o->state, 1); /* the address only */
+            if (s & F_WAITS)
+                xs__park_wake(&g->st, INT32_MAX); /* the mailbox is free again */
+            if (took)
+                return true;
+            s = atomic_load_explicit(&g->st, memory_order_relaxed);
+            continue;
+        }
+        uint32_t n = (s - 1) & ~F_WAITS;
+        if ((n & COUNT_MASK) == 0)
+            n &= ~F_WAITZ;
+        if (atomic_compare_exchange_weak_explicit(&g->st, &s, n, memory_order_release,
+                                                  memory_order_relaxed)) {
+            if ((s ^ n) & (F_WAITS | F_WAITZ))
+                xs__park_wake(&g->st, INT32_MAX);
+            return false;
+        }
+    }
+}
+
+static void slot_release(xs_group *g)
+{
+    xs__fn f;
+    void *a;
+    (void)end_slot(g, false, &f, &a);
+}
+
 /* The pool runs a task as group_run(user fn, argument, group): the task,
- * then every task offered meanwhile on the same slot, then the slot goes
- * back. */
+ * then each task offered meanwhile, in the same slot, for as long as the
+ * pool's other work does not need the thread (see xs__pool_should_yield);
+ * then the slot goes back. */
 static void group_run(xs__fn f, void *a, void *gp)
 {
     xs_group *g = gp;
-    for (;;) {
+    do
         run_one(g, f, a);
-        /* Acquire: the offer's fields, written before it was published. */
-        offer *o = atomic_load_explicit(&g->offer, memory_order_relaxed);
-        if (!o || stopped(g) ||
-            !(o = atomic_exchange_explicit(&g->offer, NULL, memory_order_acquire)))
-            break;
-        f = o->f;
-        a = o->a;
-        if (g->flags & XS_GROUP_COLLECT) {
-            xs__lock_acquire(&g->mu);
-            ((rec *)a)->idx = g->next_idx++; /* go succeeds now */
-            xs__lock_release(&g->mu);
-        }
-        /* Release: the goer may reuse *o once it sees this; our reads of
-         * it come first. */
-        atomic_store_explicit(&o->taken, 1, memory_order_release);
-        wake_goers(g);
-    }
-    /* The offer we did not see: its goer sees our decrement (both are
-     * RMWs on st, or its offer CAS precedes our load and we saw it). */
-    slot_release(g);
+    while (end_slot(g, !xs__pool_should_yield(), &f, &a));
 }
 
 /* mu held. */
@@ -206,55 +238,78 @@ static rec *rec_get(xs_group *g)
     return &g->chunks->recs[g->carve++];
 }
 
-/* Sleeps on st until it changes, announcing the sleep with F_WAITS; `s`
- * is the value last read.  Returns at once if the word moved, or if the
- * offer `o` (NULL: none) turns out to be taken. */
-static void park_on_st(xs_group *g, uint32_t s, offer *o)
+/* Sleeps on st until it changes, announcing the sleep with WAITS; `s` is
+ * the value last read.  Returns at once if the word moved. */
+static void park_on_st(xs_group *g, uint32_t s)
 {
-    /* Acq_rel: if our CAS reads from a taker's wake_goers (which found no
-     * flag to clear), its `taken` is visible to the load below. */
     if (!(s & F_WAITS) && !atomic_compare_exchange_strong_explicit(
-                              &g->st, &s, s | F_WAITS, memory_order_acq_rel, memory_order_relaxed))
-        return;
-    if (o && atomic_load_explicit(&o->taken, memory_order_acquire))
+                              &g->st, &s, s | F_WAITS, memory_order_relaxed, memory_order_relaxed))
         return;
     xs__park_wait(&g->st, s | F_WAITS, XS_FOREVER);
 }
 
-/*
- * The limit is full: waits until a slot may be free (false) or until a task
- * that ended took the offered task `o` in its slot (true).  Polls briefly,
- * then parks (a library wait, so a pool thread lends its slot).  It runs a
- * task itself only when the group opted in (XS_GROUP_GO_HELPS): a task run
- * here could wait for what our caller does once go returns, where in Go
- * another task finishing would have freed the slot.
- */
-static bool wait_full(xs_group *g, int lim, offer *o)
+/* Polls, then yields, then parks: the wait policy of every loop below. */
+static void pause_or_park(xs_group *g, int i, uint32_t s)
 {
-    if ((g->flags & XS_GROUP_GO_HELPS) && xs__pool_help(g->pool, group_run, g))
-        return false;
-    offer *none = NULL;
-    /* Release: a taker's acquire exchange sees the offer's fields. */
-    bool offered = atomic_compare_exchange_strong_explicit(&g->offer, &none, o, memory_order_release,
-                                                           memory_order_relaxed);
-    bool mine = offered; /* ours to withdraw */
+    if (i < SPINS)
+        xs__cpu_relax();
+    else if (i < SPINS + YIELDS)
+        sched_yield();
+    else
+        park_on_st(g, s);
+}
+
+/* Published: waits on the offer's own word until a task takes it (true)
+ * or hands it back (false). */
+static bool wait_offer(offer *o)
+{
     for (int i = 0;; i++) {
-        if (offered && atomic_load_explicit(&o->taken, memory_order_acquire))
-            return true;
-        uint32_t s = atomic_load_explicit(&g->st, memory_order_acquire);
-        if ((mine || !offered) && ((s & COUNT_MASK) < (uint32_t)lim || stopped(g))) {
-            offer *me = o;
-            if (!offered || atomic_compare_exchange_strong_explicit(
-                                &g->offer, &me, NULL, memory_order_relaxed, memory_order_relaxed))
-                return false;
-            mine = false; /* a task has it: `taken` follows, then wake_goers */
-        }
+        /* Acquire: pairs with end_slot's release of the state. */
+        uint32_t v = atomic_load_explicit(&o->state, memory_order_acquire);
+        if (v != O_PENDING)
+            return v == O_TAKEN;
         if (i < SPINS)
             xs__cpu_relax();
         else if (i < SPINS + YIELDS)
             sched_yield();
         else
-            park_on_st(g, s, offered ? o : NULL);
+            xs__park_wait(&o->state, O_PENDING, XS_FOREVER);
+    }
+}
+
+/*
+ * The limit is full: returns true once a task that ended took `o` into its
+ * own slot, false when the caller should decide again (a slot may be free,
+ * the group stopped, set_limit runs, or the offer was handed back).  A
+ * library wait (a pool thread lends its slot while parked).  It runs a task
+ * itself only when the group opted in (XS_GROUP_GO_HELPS): a task run here
+ * could wait for what our caller does once go returns, where in Go another
+ * task finishing would have freed the slot.
+ */
+static bool wait_full(xs_group *g, int lim, offer *o)
+{
+    if ((g->flags & XS_GROUP_GO_HELPS) && xs__pool_help(g->pool, group_run, g))
+        return false;
+    for (int i = 0;; i++) {
+        uint32_t s = atomic_load_explicit(&g->st, memory_order_acquire);
+        if ((s & COUNT_MASK) < (uint32_t)lim || (s & F_SETTING) || stopped(g))
+            return false;
+        offer *none = NULL;
+        if (!(s & F_OFFER) && atomic_compare_exchange_strong_explicit(
+                                  &g->offer, &none, o, memory_order_relaxed, memory_order_relaxed)) {
+            atomic_store_explicit(&o->state, O_PENDING, memory_order_relaxed);
+            /* Publish while the count is still full.  Release: the mailbox
+             * and *o, to whoever clears OFFER. */
+            while ((s & COUNT_MASK) >= (uint32_t)lim && !(s & F_SETTING) && !stopped(g))
+                if (atomic_compare_exchange_weak_explicit(&g->st, &s, s | F_OFFER,
+                                                          memory_order_release, memory_order_relaxed))
+                    return wait_offer(o);
+            atomic_store_explicit(&g->offer, NULL, memory_order_relaxed);
+            return false;
+        }
+        /* The mailbox is taken (published, or between a claim and its
+         * publication): wait for it to come free. */
+        pause_or_park(g, i, s);
     }
 }
 
@@ -305,6 +360,14 @@ static int go_common(xs_group *g, xs_group_fn fn, void *arg, bool block)
         return XS_ECANCELED;
     rec *rc = NULL;
     if (g->flags & XS_GROUP_COLLECT) {
+        /* Refusals that need no record come first (a snapshot: acquire_slot
+         * decides for good). */
+        int lim = atomic_load_explicit(&g->limit, memory_order_relaxed);
+        if (lim == 0)
+            return XS_ELIMIT;
+        if (!block && lim > 0 &&
+            (atomic_load_explicit(&g->st, memory_order_relaxed) & COUNT_MASK) >= (uint32_t)lim)
+            return XS_EAGAIN;
         xs__lock_acquire(&g->mu);
         rc = rec_get(g);
         xs__lock_release(&g->mu);
@@ -314,11 +377,12 @@ static int go_common(xs_group *g, xs_group_fn fn, void *arg, bool block)
         rc->err = 0;
         rc->idx = UINT32_MAX; /* none yet: given when the task is started */
     }
-    offer o = {(xs__fn)fn, rc ? (void *)rc : arg, 0};
+    offer o = {(xs__fn)fn, rc ? (void *)rc : arg, O_PENDING};
     int r = acquire_slot(g, block, &o);
     if (r == 1)
         return 0; /* a task took it: running, with its index */
-    if (r == 0) {
+    bool holds = r == 0;
+    if (holds) {
         if (rc) {
             xs__lock_acquire(&g->mu);
             rc->idx = g->next_idx++;
@@ -327,7 +391,6 @@ static int go_common(xs_group *g, xs_group_fn fn, void *arg, bool block)
         r = xs__pool_submit_task(g->pool, group_run, o.f, o.a, g);
         if (r == 0)
             return 0;
-        slot_release(g);
     }
     if (rc) {
         xs__lock_acquire(&g->mu);
@@ -337,6 +400,8 @@ static int go_common(xs_group *g, xs_group_fn fn, void *arg, bool block)
         g->free = rc;
         xs__lock_release(&g->mu);
     }
+    if (holds)
+        slot_release(g); /* the last touch of g */
     return r;
 }
 

@@ -1002,6 +1002,14 @@ bool xs__pool_help(xs_pool *p, xs__task_run run, const void *b)
     return true;
 }
 
+bool xs__pool_should_yield(void)
+{
+    worker *w = self;
+    return w && (!atomic_load_explicit(&w->holds, memory_order_relaxed) ||
+                 atomic_load_explicit(&w->pool->gq_len, memory_order_relaxed) ||
+                 dq_nonempty(&w->dq));
+}
+
 /* ---- announced blocking ---- */
 
 void xs_pool_block_begin(void)

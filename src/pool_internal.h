@@ -30,6 +30,16 @@ int xs__pool_submit_task(xs_pool *pool, xs__task_run run, xs__fn f, void *a, voi
  */
 bool xs__pool_help(xs_pool *pool, xs__task_run run, const void *b);
 
+/*
+ * For a task about to run more work of its own in the same slot (a group
+ * running tasks handed to it one after another): true when it should stop
+ * and let its thread return to the pool — the calling pool thread no longer
+ * holds a run slot (it blocked, or the watchdog took it), or tasks wait in
+ * the shared queue or in its own queue.  False outside the pool's threads
+ * (a thread helping in a wait is an extra thread, not a pool slot).
+ */
+bool xs__pool_should_yield(void);
+
 /* For tests: threads asleep as idle right now (a snapshot). */
 int xs__pool_idle_threads(const xs_pool *pool);
 

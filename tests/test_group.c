@@ -590,6 +590,137 @@ TEST_T(group_stress_blocked_go_hands_its_task_to_the_next_ending_task, 120)
     EXPECT_EQ(xs_pool_free(p), 0);
 }
 
+/* A go returns once its task has started (Go's Go()), even while other
+ * goers contend for the same full limit: a task that waits for what its
+ * goer does after go returns never deadlocks.  The goer A loops
+ * "go(a task that waits for gate i); open gate i" while two threads keep
+ * starting short tasks on the same limit-1 group.  A lost wake-up of A
+ * (its task taken, A asleep) hangs the test. */
+typedef struct contend {
+    xs_group *g;
+    _Atomic int stop;
+} contend;
+
+static int wait_gate(xs_ctx *ctx, void *arg)
+{
+    (void)ctx;
+    xs_ctx *gate = arg;
+    xs_ctx_wait(gate, XS_FOREVER);
+    xs_ctx_release(gate); /* the task's reference */
+    return 0;
+}
+
+static int short_task(xs_ctx *ctx, void *arg)
+{
+    (void)ctx;
+    (void)arg;
+    return 0;
+}
+
+static void *contend_goer(void *arg)
+{
+    contend *c = arg;
+    while (!atomic_load(&c->stop))
+        if (xs_group_go(c->g, short_task, NULL) != 0)
+            break;
+    return NULL;
+}
+
+TEST_T(group_go_returns_once_its_task_started_while_others_contend, 120)
+{
+    xs_pool_opts po = {.workers = 2};
+    xs_pool *p;
+    ASSERT_EQ(xs_pool_new(&po, &p), 0);
+#ifdef TH_TSAN
+    int iters = 3000; /* TSan runs this 10-20x slower; the scenario is the same */
+#else
+    int iters = 30000;
+#endif
+    for (int round = 0; round < 2; round++) {
+        contend c = {0};
+        xs_group_opts o = {.pool = p, .limit = 1};
+        ASSERT_EQ(xs_group_new(NULL, &o, &c.g, NULL), 0);
+        pthread_t th[2];
+        for (int i = 0; i < 2; i++)
+            ASSERT_EQ(pthread_create(&th[i], NULL, contend_goer, &c), 0);
+        int bad = 0;
+        for (int i = 0; i < iters / 2; i++) {
+            xs_ctx *gate;
+            ASSERT_EQ(xs_ctx_with_cancel(xs_ctx_background(), &gate), 0);
+            xs_ctx_retain(gate);
+            if (xs_group_go(c.g, wait_gate, gate) != 0) {
+                bad++;
+                xs_ctx_release(gate);
+            }
+            xs_ctx_cancel(gate, 0);
+            xs_ctx_release(gate);
+        }
+        atomic_store(&c.stop, 1);
+        for (int i = 0; i < 2; i++)
+            pthread_join(th[i], NULL);
+        EXPECT_EQ(xs_group_wait(c.g), 0);
+        EXPECT_EQ(bad, 0);
+        EXPECT_EQ(xs_group_free(c.g), 0);
+    }
+    EXPECT_EQ(xs_pool_free(p), 0);
+}
+
+/* Tasks handed from a blocked go to the task that ends run one after
+ * another on that task's thread; the chain must stop at the next task
+ * boundary once other work waits in the pool, or a steady goer would starve
+ * it.  One worker, limit 1, a goer that never stops: a plain task
+ * submitted meanwhile runs after a few group tasks, not after the goer. */
+typedef struct chain {
+    xs_group *g;
+    _Atomic int started; /* group tasks started */
+    _Atomic int at_plain; /* `started` when the plain task ran; -1: not yet */
+    th_event plain_ran;
+} chain;
+
+static int chain_task(xs_ctx *ctx, void *arg)
+{
+    (void)ctx;
+    chain *c = arg;
+    atomic_fetch_add(&c->started, 1);
+    /* Long enough for the goer to wake and offer the next task before
+     * this one ends, so that the hand-off chain never breaks by itself. */
+    int64_t until = xs_now() + XS_MSEC;
+    while (xs_now() < until)
+        ;
+    return 0;
+}
+
+static void plain_task(void *arg)
+{
+    chain *c = arg;
+    atomic_store(&c->at_plain, atomic_load(&c->started));
+    th_event_signal(&c->plain_ran);
+}
+
+TEST_T(group_chain_of_handed_off_tasks_lets_queued_pool_work_run, 60)
+{
+    xs_pool_opts po = {.workers = 1, .watchdog = -1};
+    xs_pool *p;
+    ASSERT_EQ(xs_pool_new(&po, &p), 0);
+    chain c = {.at_plain = -1};
+    th_event_init(&c.plain_ran);
+    xs_group_opts o = {.pool = p, .limit = 1};
+    ASSERT_EQ(xs_group_new(NULL, &o, &c.g, NULL), 0);
+    /* Get a chain going: the goer blocks on the full limit from now on. */
+    for (int i = 0; i < 20; i++)
+        ASSERT_EQ(xs_group_go(c.g, chain_task, &c), 0);
+    int before = atomic_load(&c.started);
+    ASSERT_EQ(xs_pool_submit(p, plain_task, &c), 0);
+    for (int i = 0; i < 1000 && atomic_load(&c.at_plain) < 0; i++)
+        ASSERT_EQ(xs_group_go(c.g, chain_task, &c), 0);
+    EXPECT(th_event_wait(&c.plain_ran, 1, 30000));
+    EXPECT_LE(atomic_load(&c.at_plain) - before, 3);
+    EXPECT_EQ(xs_group_wait(c.g), 0);
+    EXPECT_EQ(xs_group_free(c.g), 0);
+    EXPECT_EQ(xs_pool_free(p), 0);
+    th_event_destroy(&c.plain_ran);
+}
+
 /* Stress: cancellation racing completion.  Many rounds of a group whose
  * tasks either fail with their own code, wait on the group's context, or
  * return at once; wait must return one of the failures (or 0 if none) and

@@ -71,7 +71,7 @@ typedef struct xs_group_opts {
 } xs_group_opts;
 
 /* Largest limit accepted; also the most tasks a group can have active. */
-#define XS_GROUP_MAX_LIMIT ((1 << 29) - 2)
+#define XS_GROUP_MAX_LIMIT ((1 << 28) - 2)
 
 /*
  * Creates a group whose derived context is a cancellable child of `parent`
@@ -90,7 +90,13 @@ XS_API xs_ctx *xs_group_ctx(const xs_group *g);
  * Starts fn(ctx, arg) on the pool.  Blocks while the limit is full — a
  * library wait that lends the caller's pool slot to another thread, so
  * calling it from a task of the same group does not starve the pool (with
- * limit 1 that task waits for itself forever, as in Go).  It never runs a
+ * limit 1 that task waits for itself forever, as in Go).  On a full limit
+ * the task is handed to the next task of the group that ends, which runs it
+ * at once in its own slot and thread (no queue, no wake-up: see pool.h,
+ * "Order"); go returns as soon as it has started, as Go's does.  Blocked
+ * goers take turns at the hand-off in no promised order.  With
+ * XS_GROUP_STOP_ON_FAILURE a go that overlaps the first failure may still
+ * start its task.  It never runs a
  * task in the caller (that task might wait for what the caller does next)
  * unless the group has XS_GROUP_GO_HELPS.  Returns 0; XS_EINVAL (g or fn NULL);
  * XS_ELIMIT at once when the limit is 0 (Go blocks forever); XS_ECANCELED

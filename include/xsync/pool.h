@@ -36,7 +36,11 @@
  * tasks submitted by a task of the pool go to its worker's own queue, run
  * newest first by that worker and oldest first by thieves.  A thread
  * waiting for a group (xs_group_wait) may run that group's queued tasks
- * itself, newest first.  No other order is promised.
+ * itself, newest first.  A group task that ends may run, on its thread
+ * and in its slot, the task of a go blocked on the group's full limit
+ * (group.h), and so on one after another — until tasks wait in the shared
+ * queue or in that thread's own queue, or the thread has lost its slot.  No
+ * other order is promised.
  *
  * Memory ordering: everything a thread did before xs_pool_submit
  * happens-before the task runs.  Idle threads sleep without spinning (a few
