@@ -159,14 +159,28 @@ static bool end_slot(xs_group *g, bool take, xs__fn *f, void **a)
 {
     uint32_t s = atomic_load_explicit(&g->st, memory_order_relaxed);
     for (;;) {
-        if (s & F_OFFER) {
-            /* Acquire: the goer's publishing CAS (release) came after its
-             * writes of the mailbox and the offer. */
-            if (!atomic_compare_exchange_weak_explicit(&g->st, &s, s & ~(F_OFFER | F_WAITS),
-                                                       memory_order_acquire, memory_order_relaxed))
-                continue;
+        bool offered = s & F_OFFER;
+        bool took = offered && take && !stopped(g);
+        uint32_t n;
+        if (took) {
+            n = s & ~(F_OFFER | F_WAITS); /* the slot stays, for the offer */
+        } else {
+            /* Release the slot; an offer goes back in the same CAS, so its
+             * goer finds the slot free when it decides again. */
+            n = (s - 1) & ~(F_OFFER | F_WAITS);
+            if ((n & COUNT_MASK) == 0)
+                n &= ~F_WAITZ;
+        }
+        /* Acquire: the goer's publishing CAS (release) came after its writes
+         * of the mailbox and the offer.  Release: what this task did comes
+         * before whoever sees the count drop. */
+        if (!atomic_compare_exchange_weak_explicit(&g->st, &s, n, memory_order_acq_rel,
+                                                   memory_order_relaxed))
+            continue;
+        if (offered) {
+            /* Only the thread that cleared OFFER empties the mailbox, so it
+             * is still there; and g is alive: its goer is inside go. */
             offer *o = atomic_load_explicit(&g->offer, memory_order_relaxed);
-            bool took = take && !stopped(g);
             if (took) {
                 *f = o->f;
                 *a = o->a;
@@ -181,22 +195,10 @@ static bool end_slot(xs_group *g, bool take, xs__fn *f, void **a)
              * and reuse the frame. */
             atomic_store_explicit(&o->state, took ? O_TAKEN : O_REFUSED, memory_order_release);
             xs__park_wake(&o->state, 1); /* the address only */
-            if (s & F_WAITS)
-                xs__park_wake(&g->st, INT32_MAX); /* the mailbox is free again */
-            if (took)
-                return true;
-            s = atomic_load_explicit(&g->st, memory_order_relaxed);
-            continue;
         }
-        uint32_t n = (s - 1) & ~F_WAITS;
-        if ((n & COUNT_MASK) == 0)
-            n &= ~F_WAITZ;
-        if (atomic_compare_exchange_weak_explicit(&g->st, &s, n, memory_order_release,
-                                                  memory_order_relaxed)) {
-            if ((s ^ n) & (F_WAITS | F_WAITZ))
-                xs__park_wake(&g->st, INT32_MAX);
-            return false;
-        }
+        if ((s ^ n) & (F_WAITS | F_WAITZ))
+            xs__park_wake(&g->st, INT32_MAX); /* the count dropped or the mailbox is free */
+        return took;
     }
 }
 
@@ -207,6 +209,11 @@ static void slot_release(xs_group *g)
     (void)end_slot(g, false, &f, &a);
 }
 
+/* Set while a go of an XS_GROUP_GO_HELPS group runs a queued task itself:
+ * that task takes no offers, or the go would not return while other goers
+ * keep offering. */
+static _Thread_local bool helping_go;
+
 /* The pool runs a task as group_run(user fn, argument, group): the task,
  * then each task offered meanwhile, in the same slot, for as long as the
  * pool's other work does not need the thread (see xs__pool_should_yield);
@@ -216,7 +223,7 @@ static void group_run(xs__fn f, void *a, void *gp)
     xs_group *g = gp;
     do
         run_one(g, f, a);
-    while (end_slot(g, !xs__pool_should_yield(), &f, &a));
+    while (end_slot(g, !helping_go && !xs__pool_should_yield(), &f, &a));
 }
 
 /* mu held. */
@@ -277,22 +284,52 @@ static bool wait_offer(offer *o)
     }
 }
 
-/*
- * The limit is full: returns true once a task that ended took `o` into its
- * own slot, false when the caller should decide again (a slot may be free,
- * the group stopped, set_limit runs, or the offer was handed back).  A
- * library wait (a pool thread lends its slot while parked).  It runs a task
- * itself only when the group opted in (XS_GROUP_GO_HELPS): a task run here
- * could wait for what our caller does once go returns, where in Go another
- * task finishing would have freed the slot.
- */
-static bool wait_full(xs_group *g, int lim, offer *o)
+/* The mailbox came free without a task ending: goers waiting for it on st
+ * try again (clearing WAITS changes the word they sleep on). */
+static void wake_waits(xs_group *g)
 {
-    if ((g->flags & XS_GROUP_GO_HELPS) && xs__pool_help(g->pool, group_run, g))
-        return false;
+    if (atomic_fetch_and_explicit(&g->st, ~F_WAITS, memory_order_relaxed) & F_WAITS)
+        xs__park_wake(&g->st, INT32_MAX);
+}
+
+/* Takes our published offer back (true), unless a task that ended took or
+ * refused it first (false: its answer follows on the offer's state). */
+static bool withdraw(xs_group *g)
+{
+    uint32_t s = atomic_load_explicit(&g->st, memory_order_relaxed);
+    while (s & F_OFFER)
+        if (atomic_compare_exchange_weak_explicit(&g->st, &s, s & ~F_OFFER, memory_order_relaxed,
+                                                  memory_order_relaxed)) {
+            atomic_store_explicit(&g->offer, NULL, memory_order_relaxed);
+            wake_waits(g);
+            return true;
+        }
+    return false;
+}
+
+/*
+ * The limit looked full: returns true once a task that ended took `o` into
+ * its own slot, false when the caller should decide again (a slot may be
+ * free, the limit changed, the group stopped, set_limit runs, or the offer
+ * was handed back).  A library wait (a pool thread lends its slot while
+ * parked).  It runs a task itself only when the group opted in
+ * (XS_GROUP_GO_HELPS): a task run here could wait for what our caller does
+ * once go returns, where in Go another task finishing would have freed the
+ * slot.
+ */
+static bool wait_full(xs_group *g, offer *o)
+{
+    if (g->flags & XS_GROUP_GO_HELPS) {
+        helping_go = true;
+        bool ran = xs__pool_help(g->pool, group_run, g);
+        helping_go = false;
+        if (ran)
+            return false;
+    }
     for (int i = 0;; i++) {
         uint32_t s = atomic_load_explicit(&g->st, memory_order_acquire);
-        if ((s & COUNT_MASK) < (uint32_t)lim || (s & F_SETTING) || stopped(g))
+        int lim = atomic_load_explicit(&g->limit, memory_order_relaxed);
+        if (lim < 0 || (s & COUNT_MASK) < (uint32_t)lim || (s & F_SETTING) || stopped(g))
             return false;
         offer *none = NULL;
         if (!(s & F_OFFER) && atomic_compare_exchange_strong_explicit(
@@ -300,11 +337,21 @@ static bool wait_full(xs_group *g, int lim, offer *o)
             atomic_store_explicit(&o->state, O_PENDING, memory_order_relaxed);
             /* Publish while the count is still full.  Release: the mailbox
              * and *o, to whoever clears OFFER. */
-            while ((s & COUNT_MASK) >= (uint32_t)lim && !(s & F_SETTING) && !stopped(g))
-                if (atomic_compare_exchange_weak_explicit(&g->st, &s, s | F_OFFER,
-                                                          memory_order_release, memory_order_relaxed))
-                    return wait_offer(o);
+            while ((s & COUNT_MASK) >= (uint32_t)lim && !(s & F_SETTING) && !stopped(g)) {
+                if (!atomic_compare_exchange_weak_explicit(&g->st, &s, s | F_OFFER,
+                                                           memory_order_acq_rel, memory_order_relaxed))
+                    continue;
+                /* With OFFER set st is not 0, so set_limit cannot run: the
+                 * limit read now is the one in force (acquire, through st's
+                 * release sequence).  If it was raised since we read it,
+                 * the count is not full: take the offer back. */
+                int now = atomic_load_explicit(&g->limit, memory_order_relaxed);
+                if ((now < 0 || (s & COUNT_MASK) < (uint32_t)now) && withdraw(g))
+                    return false;
+                return wait_offer(o);
+            }
             atomic_store_explicit(&g->offer, NULL, memory_order_relaxed);
+            wake_waits(g);
             return false;
         }
         /* The mailbox is taken (published, or between a claim and its
@@ -334,7 +381,7 @@ static int acquire_slot(xs_group *g, bool block, offer *o)
                 return XS_ELIMIT;
             if (!block)
                 return XS_EAGAIN;
-            if (wait_full(g, lim, o))
+            if (wait_full(g, o))
                 return 1;
             if (stopped(g))
                 return XS_ECANCELED;
