@@ -1516,6 +1516,31 @@ static void statsd_free(xs_stat_source *src)
 
 static const xs_stat_source_ops statsd_ops = {statsd_counter, statsd_timer, statsd_free};
 
+/* For tests: periodic flush tasks submitted and not yet ended. */
+int xs__stat_statsd_tasks(const xs_stat_source *src);
+int xs__stat_statsd_tasks(const xs_stat_source *src)
+{
+    statsd *sd = as_statsd(src);
+    if (!sd)
+        return 0;
+    pthread_mutex_lock(&sd->tick_mu);
+    int n = sd->tasks;
+    pthread_mutex_unlock(&sd->tick_mu);
+    return n;
+}
+
+/* For tests: takes (hold) or releases the flush lock, as a flush in
+ * progress in another thread would hold it. */
+void xs__stat_statsd_hold_flush(xs_stat_source *src, bool hold);
+void xs__stat_statsd_hold_flush(xs_stat_source *src, bool hold)
+{
+    statsd *sd = as_statsd(src);
+    if (sd && hold)
+        pthread_mutex_lock(&sd->flush_mu);
+    else if (sd)
+        pthread_mutex_unlock(&sd->flush_mu);
+}
+
 /* A non-blocking, close-on-exec UDP socket connected to host:port. */
 static int sd_connect(const char *host, uint16_t port, int *fd_out)
 {
