@@ -21,7 +21,9 @@
  * shared-clean.  The buckets are striped lazily: every stripe starts on the
  * timer's shared histogram (stripe 0 with plain adds, the others with a
  * CAS, which fails only when another thread changed the bucket meanwhile);
- * the first such failure gives the stripe a histogram of its own.  Reads
+ * the first such failure, or the stripe's SHARED_RECORDS-th record there
+ * (neighbouring buckets share a line: no CAS fails, yet the line bounces),
+ * gives the stripe a histogram of its own.  Reads
  * sum a bucket over all histograms.
  *
  * statsd.  Counter adds go to the counter's stripes; a flush takes the
@@ -89,7 +91,9 @@ typedef struct cell {
     /* Registry timers only: the histogram this stripe records into; NULL
      * while it records into the shared one (see reg_timer_record). */
     _Atomic(_Atomic uint64_t *) hist;
-    char pad_[LINE - sizeof(int64_t) - sizeof(void *)];
+    /* Registry timers only: records this stripe made on the shared one. */
+    _Atomic uint32_t shared_n;
+    char pad_[LINE - sizeof(int64_t) - sizeof(void *) - sizeof(uint32_t)];
 } cell;
 
 static _Atomic unsigned stripes_dealt;
@@ -306,11 +310,14 @@ static void reg_counter_add(xs_stat_counter *h, int64_t d)
 }
 
 #define HIST_SIZE (NBUCKETS * sizeof(uint64_t))
+#define SHARED_RECORDS 4096 /* records a stripe makes on the shared histogram */
 
 /* Gives stripe cell c a histogram of its own, or, out of memory, makes it
  * record into the shared one for good.  Called once per stripe, normally. */
 static __attribute__((noinline)) void stripe_hist_new(reg_timer *t, cell *c)
 {
+    if (atomic_load_explicit(&c->hist, memory_order_relaxed))
+        return; /* another thread of the stripe was first */
     _Atomic uint64_t *own = xs__calloc(t->alloc, HIST_SIZE);
     _Atomic uint64_t *none = NULL;
     /* Release: whoever loads the pointer finds the histogram zeroed. */
@@ -348,8 +355,18 @@ static void reg_timer_record(xs_stat_timer *h, int64_t ns)
     _Atomic uint64_t *b = &buckets_of(t)[i];
     uint64_t n = atomic_load_explicit(b, memory_order_relaxed);
     if (XS_LIKELY(atomic_compare_exchange_strong_explicit(b, &n, n + 1, memory_order_relaxed,
-                                                          memory_order_relaxed)))
+                                                          memory_order_relaxed))) {
+        /* A CAS on a line another stripe writes (a neighbouring bucket)
+         * never fails yet still ping-pongs the line: after SHARED_RECORDS
+         * records on the shared histogram the stripe gets its own anyway.
+         * Relaxed load and store, not an RMW: a lost count only delays the
+         * switch, and the stripe's line is its own. */
+        uint32_t k = atomic_load_explicit(&c->shared_n, memory_order_relaxed) + 1;
+        atomic_store_explicit(&c->shared_n, k, memory_order_relaxed);
+        if (XS_UNLIKELY(k >= SHARED_RECORDS))
+            stripe_hist_new(t, c);
         return;
+    }
     atomic_fetch_add_explicit(b, 1, memory_order_relaxed);
     stripe_hist_new(t, c);
 }
