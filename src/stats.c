@@ -91,10 +91,13 @@ typedef struct cell {
     /* Registry timers only: the histogram this stripe records into; NULL
      * while it records into the shared one (see reg_timer_record). */
     _Atomic(_Atomic uint64_t *) hist;
-    /* Registry timers only: records this stripe made on the shared one. */
+    /* Registry timers only: records this stripe made on the shared one,
+     * and whether one of its threads is switching it to its own. */
     _Atomic uint32_t shared_n;
-    char pad_[LINE - sizeof(int64_t) - sizeof(void *) - sizeof(uint32_t)];
+    _Atomic bool switching;
+    char pad_[LINE - sizeof(int64_t) - sizeof(void *) - sizeof(uint32_t) - sizeof(bool)];
 } cell;
+_Static_assert(sizeof(cell) == LINE, "a cell is one line");
 
 static _Atomic unsigned stripes_dealt;
 static _Thread_local unsigned my_stripe __attribute__((tls_model("initial-exec"))); /* 1 + dealt */
@@ -313,18 +316,16 @@ static void reg_counter_add(xs_stat_counter *h, int64_t d)
 #define SHARED_RECORDS 4096 /* records a stripe makes on the shared histogram */
 
 /* Gives stripe cell c a histogram of its own, or, out of memory, makes it
- * record into the shared one for good.  Called once per stripe, normally. */
+ * record into the shared one for good.  The first caller of the stripe does
+ * it (one allocation); the others go on sharing until it is published. */
 static __attribute__((noinline)) void stripe_hist_new(reg_timer *t, cell *c)
 {
-    if (atomic_load_explicit(&c->hist, memory_order_relaxed))
-        return; /* another thread of the stripe was first */
+    /* Relaxed: only elects one caller; hist's release publishes the rest. */
+    if (atomic_exchange_explicit(&c->switching, true, memory_order_relaxed))
+        return;
     _Atomic uint64_t *own = xs__calloc(t->alloc, HIST_SIZE);
-    _Atomic uint64_t *none = NULL;
     /* Release: whoever loads the pointer finds the histogram zeroed. */
-    if (!atomic_compare_exchange_strong_explicit(&c->hist, &none, own ? own : buckets_of(t),
-                                                 memory_order_release, memory_order_relaxed) &&
-        own)
-        xs__free(t->alloc, own, HIST_SIZE); /* another thread of the stripe was first */
+    atomic_store_explicit(&c->hist, own ? own : buckets_of(t), memory_order_release);
 }
 
 static void reg_timer_record(xs_stat_timer *h, int64_t ns)
