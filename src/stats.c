@@ -21,7 +21,9 @@
  * shared-clean.  The buckets are striped lazily: every stripe starts on the
  * timer's shared histogram (stripe 0 with plain adds, the others with a
  * CAS, which fails only when another thread changed the bucket meanwhile);
- * the first such failure gives the stripe a histogram of its own.  Reads
+ * the first such failure, or the stripe's SHARED_RECORDS-th record there
+ * (neighbouring buckets share a line: no CAS fails, yet the line bounces),
+ * gives the stripe a histogram of its own.  Reads
  * sum a bucket over all histograms.
  *
  * statsd.  Counter adds go to the counter's stripes; a flush takes the
@@ -89,8 +91,13 @@ typedef struct cell {
     /* Registry timers only: the histogram this stripe records into; NULL
      * while it records into the shared one (see reg_timer_record). */
     _Atomic(_Atomic uint64_t *) hist;
-    char pad_[LINE - sizeof(int64_t) - sizeof(void *)];
+    /* Registry timers only: records this stripe made on the shared one,
+     * and whether one of its threads is switching it to its own. */
+    _Atomic uint32_t shared_n;
+    _Atomic bool switching;
+    char pad_[LINE - sizeof(int64_t) - sizeof(void *) - sizeof(uint32_t) - sizeof(bool)];
 } cell;
+_Static_assert(sizeof(cell) == LINE, "a cell is one line");
 
 static _Atomic unsigned stripes_dealt;
 static _Thread_local unsigned my_stripe __attribute__((tls_model("initial-exec"))); /* 1 + dealt */
@@ -306,18 +313,19 @@ static void reg_counter_add(xs_stat_counter *h, int64_t d)
 }
 
 #define HIST_SIZE (NBUCKETS * sizeof(uint64_t))
+#define SHARED_RECORDS 4096 /* records a stripe makes on the shared histogram */
 
 /* Gives stripe cell c a histogram of its own, or, out of memory, makes it
- * record into the shared one for good.  Called once per stripe, normally. */
+ * record into the shared one for good.  The first caller of the stripe does
+ * it (one allocation); the others go on sharing until it is published. */
 static __attribute__((noinline)) void stripe_hist_new(reg_timer *t, cell *c)
 {
+    /* Relaxed: only elects one caller; hist's release publishes the rest. */
+    if (atomic_exchange_explicit(&c->switching, true, memory_order_relaxed))
+        return;
     _Atomic uint64_t *own = xs__calloc(t->alloc, HIST_SIZE);
-    _Atomic uint64_t *none = NULL;
     /* Release: whoever loads the pointer finds the histogram zeroed. */
-    if (!atomic_compare_exchange_strong_explicit(&c->hist, &none, own ? own : buckets_of(t),
-                                                 memory_order_release, memory_order_relaxed) &&
-        own)
-        xs__free(t->alloc, own, HIST_SIZE); /* another thread of the stripe was first */
+    atomic_store_explicit(&c->hist, own ? own : buckets_of(t), memory_order_release);
 }
 
 static void reg_timer_record(xs_stat_timer *h, int64_t ns)
@@ -348,8 +356,18 @@ static void reg_timer_record(xs_stat_timer *h, int64_t ns)
     _Atomic uint64_t *b = &buckets_of(t)[i];
     uint64_t n = atomic_load_explicit(b, memory_order_relaxed);
     if (XS_LIKELY(atomic_compare_exchange_strong_explicit(b, &n, n + 1, memory_order_relaxed,
-                                                          memory_order_relaxed)))
+                                                          memory_order_relaxed))) {
+        /* A CAS on a line another stripe writes (a neighbouring bucket)
+         * never fails yet still ping-pongs the line: after SHARED_RECORDS
+         * records on the shared histogram the stripe gets its own anyway.
+         * Relaxed load and store, not an RMW: a lost count only delays the
+         * switch, and the stripe's line is its own. */
+        uint32_t k = atomic_load_explicit(&c->shared_n, memory_order_relaxed) + 1;
+        atomic_store_explicit(&c->shared_n, k, memory_order_relaxed);
+        if (XS_UNLIKELY(k >= SHARED_RECORDS))
+            stripe_hist_new(t, c);
         return;
+    }
     atomic_fetch_add_explicit(b, 1, memory_order_relaxed);
     stripe_hist_new(t, c);
 }
@@ -1110,6 +1128,18 @@ int xs_stat_prometheus_write_fd(xs_stat_source *reg, int fd)
 
 typedef struct statsd statsd;
 
+/* What a periodic flush task holds: it may start after the source is freed,
+ * so this outlives the source until its last reference ends.  It comes from
+ * libc, not the source's allocator, which need only outlive the source. */
+typedef struct sd_ref {
+    pthread_mutex_t mu;
+    pthread_cond_t idle; /* signalled when the last task inside the source leaves */
+    statsd *sd;          /* NULL once the source is being freed */
+    int refs;            /* the source's one + one per task submitted and not ended */
+    int inside;          /* tasks using sd right now (each in a bounded flush) */
+    bool queued;         /* a task submitted and not started: ticks submit no other */
+} sd_ref;
+
 typedef struct sd_counter {
     xs_stat_counter base;
     struct sd_counter *next; /* the flush list; set before publication */
@@ -1157,11 +1187,9 @@ struct statsd {
     xs_clock *clock;
     int64_t interval;
     xs__timer tick;
-    pthread_mutex_t tick_mu;
-    pthread_cond_t task_done;  /* signalled when a flush task ends */
-    bool closing, armed;       /* under tick_mu */
-    bool task_queued;          /* under tick_mu: a flush task has not started yet */
-    int tasks;                 /* under tick_mu: flush tasks queued or running (<= 2) */
+    pid_t pid;                 /* the creating process: a forked child's ticks do nothing */
+    sd_ref *ref;               /* interval > 0 only */
+    bool closing, armed;       /* under ref->mu */
     /* written by emitters and flushers: each on lines of its own */
     char pad0_[LINE];
     _Atomic size_t enq;     /* next queue position to claim */
@@ -1425,36 +1453,70 @@ uint64_t xs_stat_statsd_sent(const xs_stat_source *src)
  * fires every timer of the process (context deadlines, rate limiters), so
  * it must not spend a flush's time, nor wait for flush_mu.  A tick that
  * finds a task queued and not yet started submits none: that task will
- * take everything the tick would have.  So at most two tasks exist, one
- * running and one queued, and no period is lost.
+ * take everything the tick would have.  A task that finds a flush in
+ * progress (a user's, or a slow periodic one) ends without flushing: it
+ * never holds a pool thread waiting, and what it would have sent goes with
+ * the next period.  So at most two tasks exist, one queued and one in a
+ * bounded flush (or ending).
  *
- * Each firing ends the add that queued it (timer.h: one final del per
- * successful add) and, unless the source is closing, adds the timer again.
- * Freeing sets `closing` under tick_mu, then deletes the timer as final if
- * it is still armed (removing the queued one, or waiting for a firing in
- * progress to return), then waits until no task is left: after that
- * nothing refers to the source.  A tick or task touches the source only
- * before its last unlock of tick_mu.
+ * Tasks hold the source through its sd_ref.  Each firing ends the add that
+ * queued it (timer.h: one final del per successful add) and, unless the
+ * source is closing, adds the timer again.  Freeing sets `closing`, deletes
+ * the timer as final if it is still armed (removing the queued one, or
+ * waiting for a firing in progress to return), then clears ref->sd and
+ * waits only for tasks inside a flush — bounded, and needing no pool
+ * thread: a task that starts later finds ref->sd NULL and just drops its
+ * reference (the last one frees the ref).
+ *
+ * fork(): the child inherits the armed timer (timer.c restarts the system
+ * clock's thread in the child) but none of the parent's threads.  Its ticks
+ * return at once, before taking any lock (one may have been held at the
+ * fork): the records pending at the fork are the parent's to send.
  */
+static void sd_ref_free(sd_ref *r)
+{
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->idle);
+    free(r);
+}
+
+/* Drops one reference; r->mu held, and released here. */
+static void sd_ref_put_unlock(sd_ref *r)
+{
+    bool last = --r->refs == 0;
+    pthread_mutex_unlock(&r->mu);
+    if (last)
+        sd_ref_free(r);
+}
+
 static void sd_flush_task(void *arg)
 {
-    statsd *sd = arg;
-    pthread_mutex_lock(&sd->tick_mu);
-    sd->task_queued = false;
-    pthread_mutex_unlock(&sd->tick_mu);
-    sd_flush(sd); /* may wait for another flush: each is bounded */
-    pthread_mutex_lock(&sd->tick_mu);
-    sd->tasks--;
-    pthread_cond_broadcast(&sd->task_done);
-    pthread_mutex_unlock(&sd->tick_mu);
+    sd_ref *r = arg;
+    pthread_mutex_lock(&r->mu);
+    statsd *sd = r->sd;
+    r->queued = false; /* from here a tick may queue the next task */
+    if (sd)
+        r->inside++;
+    pthread_mutex_unlock(&r->mu);
+    if (sd && pthread_mutex_trylock(&sd->flush_mu) == 0) {
+        sd_flush_locked(sd);
+        pthread_mutex_unlock(&sd->flush_mu);
+    }
+    pthread_mutex_lock(&r->mu);
+    if (sd && --r->inside == 0)
+        pthread_cond_broadcast(&r->idle);
+    sd_ref_put_unlock(r);
 }
 
 static void sd_tick(xs__timer *tm)
 {
     statsd *sd = XS_CONTAINER_OF(tm, statsd, tick);
-    pthread_mutex_lock(&sd->tick_mu);
+    if (getpid() != sd->pid)
+        return; /* a forked child's copy: see above */
+    sd_ref *r = sd->ref;
+    pthread_mutex_lock(&r->mu);
     if (sd->closing) {
-        pthread_mutex_unlock(&sd->tick_mu);
+        pthread_mutex_unlock(&r->mu);
         return;
     }
     xs__timer_del(sd->clock, tm, true);
@@ -1464,15 +1526,15 @@ static void sd_tick(xs__timer *tm)
         next = xs__add_sat(now, sd->interval);
     tm->when = next;
     sd->armed = xs__timer_add(sd->clock, tm) == 0;
-    if (!sd->task_queued) {
+    if (!r->queued) {
         /* No pool (out of memory or threads): this period is skipped. */
         xs_pool *pool = xs_pool_default();
-        if (pool && xs_pool_submit(pool, sd_flush_task, sd) == 0) {
-            sd->task_queued = true;
-            sd->tasks++;
+        if (pool && xs_pool_submit(pool, sd_flush_task, r) == 0) {
+            r->queued = true;
+            r->refs++;
         }
     }
-    pthread_mutex_unlock(&sd->tick_mu);
+    pthread_mutex_unlock(&r->mu);
 }
 
 /* Frees whatever a (possibly partial) construction made. */
@@ -1486,35 +1548,59 @@ static void sd_destroy(statsd *sd)
     xs__free(sd->alloc, sd->dgram, sd->max_payload);
     xs__free(sd->alloc, sd->prefix, sd->prefix_len + 1);
     pthread_mutex_destroy(&sd->flush_mu);
-    pthread_mutex_destroy(&sd->tick_mu);
-    pthread_cond_destroy(&sd->task_done);
     xs__free(sd->alloc, sd, sizeof *sd);
 }
 
 static void statsd_free(xs_stat_source *src)
 {
     statsd *sd = (statsd *)src;
-    if (sd->interval) {
-        pthread_mutex_lock(&sd->tick_mu);
+    sd_ref *r = sd->ref;
+    if (r) {
+        pthread_mutex_lock(&r->mu);
         sd->closing = true;
         bool armed = sd->armed;
-        pthread_mutex_unlock(&sd->tick_mu);
+        pthread_mutex_unlock(&r->mu);
         if (armed)
             xs__timer_del(sd->clock, &sd->tick, true);
-        /* No tick runs now.  A task may be queued: if we are a pool thread,
-         * lend our run slot so it can run. */
-        xs_pool_block_begin();
-        pthread_mutex_lock(&sd->tick_mu);
-        while (sd->tasks)
-            pthread_cond_wait(&sd->task_done, &sd->tick_mu);
-        pthread_mutex_unlock(&sd->tick_mu);
-        xs_pool_block_end();
+        /* No tick runs now.  Tasks not started yet will find no source;
+         * one inside a flush ends soon (a flush never blocks). */
+        pthread_mutex_lock(&r->mu);
+        r->sd = NULL;
+        while (r->inside)
+            pthread_cond_wait(&r->idle, &r->mu);
+        sd_ref_put_unlock(r);
     }
     sd_flush(sd);
     sd_destroy(sd);
 }
 
+/* For tests: periodic flush tasks submitted and not yet ended. */
+int xs__stat_statsd_tasks(const xs_stat_source *src);
+int xs__stat_statsd_tasks(const xs_stat_source *src)
+{
+    statsd *sd = as_statsd(src);
+    if (!sd || !sd->ref)
+        return 0;
+    pthread_mutex_lock(&sd->ref->mu);
+    int n = sd->ref->refs - 1;
+    pthread_mutex_unlock(&sd->ref->mu);
+    return n;
+}
+
+/* For tests: takes (hold) or releases the flush lock, as a flush in
+ * progress in another thread would hold it. */
+void xs__stat_statsd_hold_flush(xs_stat_source *src, bool hold);
+void xs__stat_statsd_hold_flush(xs_stat_source *src, bool hold)
+{
+    statsd *sd = as_statsd(src);
+    if (sd && hold)
+        pthread_mutex_lock(&sd->flush_mu);
+    else if (sd)
+        pthread_mutex_unlock(&sd->flush_mu);
+}
+
 static const xs_stat_source_ops statsd_ops = {statsd_counter, statsd_timer, statsd_free};
+
 
 /* A non-blocking, close-on-exec UDP socket connected to host:port. */
 static int sd_connect(const char *host, uint16_t port, int *fd_out)
@@ -1592,9 +1678,8 @@ int xs_stat_statsd_new(const xs_stat_statsd_options *opts, xs_stat_source **out)
     sd->qmask = q - 1;
     sd->clock = o.clock ? o.clock : xs_clock_system();
     sd->interval = o.flush_interval;
+    sd->pid = getpid();
     pthread_mutex_init(&sd->flush_mu, NULL);
-    pthread_mutex_init(&sd->tick_mu, NULL);
-    pthread_cond_init(&sd->task_done, NULL);
     int rc = XS_ENOMEM;
     sd->prefix = xs__alloc(alloc, prefix_len + 1);
     sd->queue = xs__alloc(alloc, q * sizeof *sd->queue);
@@ -1615,20 +1700,34 @@ int xs_stat_statsd_new(const xs_stat_statsd_options *opts, xs_stat_source **out)
     if (rc == 0)
         rc = sd_connect(host, o.port ? o.port : 8125, &sd->fd);
     if (rc == 0 && sd->interval) {
+        sd_ref *r = malloc(sizeof *r);
+        if (!r) {
+            rc = XS_ENOMEM;
+            goto fail;
+        }
+        pthread_mutex_init(&r->mu, NULL);
+        pthread_cond_init(&r->idle, NULL);
+        r->sd = sd;
+        r->refs = 1;
+        r->inside = 0;
+        r->queued = false;
+        sd->ref = r;
         sd->tick.fn = sd_tick;
         sd->tick.when = xs__add_sat(xs_clock_now(sd->clock), sd->interval);
         /* The first tick may fire (on another thread) as soon as it is
-         * added: armed is written under tick_mu, as the tick writes it. */
-        pthread_mutex_lock(&sd->tick_mu);
+         * added: armed is written under ref->mu, as the tick writes it. */
+        pthread_mutex_lock(&r->mu);
         rc = xs__timer_add(sd->clock, &sd->tick);
         sd->armed = rc == 0;
-        pthread_mutex_unlock(&sd->tick_mu);
+        pthread_mutex_unlock(&r->mu);
     }
     if (rc != 0)
         goto fail;
     *out = &sd->base;
     return 0;
 fail:
+    if (sd->ref) /* never armed: no task holds it */
+        sd_ref_free(sd->ref);
     sd_destroy(sd);
     return rc;
 }

@@ -128,19 +128,23 @@ static inline void xs_stat_record(xs_stat_timer *t, int64_t ns)
  * and highest rank, which are the min and max).  Count, sum, min and
  * max are exact.  A histogram is 7296 64-bit buckets: about 57 KiB.  A timer
  * gets one when it is created, shared by every thread.  Threads on different
- * stripes that record the same latency at the same moment would fight over
- * its bucket's cache line, so the first time a record finds its bucket
- * changed under it by another thread, that record's stripe gets a histogram
- * of its own (allocated then, by that record, through the registry's
- * allocator; if the allocation fails the stripe keeps sharing, for good).
+ * stripes recording at the same time would fight over the buckets' cache
+ * lines, so a stripe gets a histogram of its own (allocated then, by the
+ * record that decides it, through the registry's allocator; if the
+ * allocation fails the stripe keeps sharing, for good) the first time one
+ * of its records finds its bucket changed under it by another thread, or
+ * at its 4096th record on the shared histogram (neighbouring buckets share
+ * a line without ever changing under each other), so even a thread
+ * recording alone may cause one.  The first stripe owns the shared
+ * histogram and never allocates.
  * So a timer holds 1 to `stripes` histograms (57 KiB to 3.6 MiB with 64
  * stripes); reads add them up.  Negative durations are recorded as 0.  The
  * sum wraps after 2^63 ns (292 years of total latency).
  *
  * Emitting (add, record) is a few relaxed atomic operations, lock-free, and
  * allocation-free except for that one allocation per stripe of a timer
- * (made by a record that met contention; the allocator's own locking is
- * the only waiting an emitter can ever do).  No ordering with other memory
+ * (made by a record, as above; the allocator's own locking is the only
+ * waiting an emitter can ever do).  No ordering with other memory
  * is implied.  Reading while other threads emit sees each counter and
  * bucket at some value it had; a snapshot's fields are not one atomic cut
  * (count may include a record whose sum has not landed yet).  Reads after
@@ -151,7 +155,9 @@ static inline void xs_stat_record(xs_stat_timer *t, int64_t ns)
 /*
  * Creates an empty registry.  alloc NULL: the process default, read once.
  * Returns 0 and the source in *out, XS_EINVAL (out NULL) or XS_ENOMEM.
- * Creating a metric allocates (through alloc); emitting never does.  Free
+ * Creating a metric allocates (through alloc).  Emitting does not, except
+ * that a timer's record may allocate its stripe's own histogram (57 KiB,
+ * through alloc), at most once per stripe of the timer (see above).  Free
  * with xs_stat_source_free.
  */
 XS_API int xs_stat_registry_new(const xs_allocator *alloc, xs_stat_source **out);
@@ -356,15 +362,27 @@ XS_API int xs_stat_prometheus_write_fd(xs_stat_source *reg, int fd);
  * limiters).  The cost: the default pool is started on the first period;
  * every period submits one task (none while the previous one has not
  * started: it will take this period's records too) that occupies a run
- * slot of the pool for one flush, at most queue_size records, plus any wait
- * for a flush running in another thread; a period whose task cannot be
- * queued (no pool: out of memory or threads) is skipped.  On a manual clock
- * the flush therefore runs shortly after xs_clock_advance, not inside it.
- * Flushes are serialised; xs_stat_source_free waits for the periodic
- * flushes queued or running, then does a last one.  A forked child must
- * not use or free a source with a flush_interval that its parent created:
- * the parent's flush task does not exist in the child, and may have held
- * the source's lock.
+ * slot of the pool for one flush, at most queue_size records; a task that
+ * finds a flush running (an xs_stat_statsd_flush in another thread, or a
+ * slow periodic one) ends at once without flushing, and what it would have
+ * sent goes with the next period — so a source has at most two tasks, one
+ * queued and one flushing, and never holds a pool thread waiting.  A
+ * period whose task cannot be queued (no pool: out of memory or threads)
+ * is skipped.  On a manual clock the flush therefore runs shortly after
+ * xs_clock_advance, not inside it.  Flushes are serialised.
+ * xs_stat_source_free does not wait for the pool: it waits only for a
+ * periodic flush already running (bounded like any flush), then does a
+ * last one itself; a task still queued then finds the source gone and
+ * ends (it holds a small block from libc, not from the source's allocator,
+ * freed by whichever of free and the task ends last).  So free may be
+ * called from anywhere, a clock's timer callback or the thread advancing a
+ * manual clock included.
+ *
+ * fork() without exec: the child's copy of the source never flushes
+ * periodically (its inherited timer does nothing in the child, so records
+ * pending at the fork are sent once, by the parent, and a lock held by
+ * another parent thread at the fork cannot stall the child's clock).  The
+ * child must not use or free that copy: it may hold the parent's locks.
  *
  * Names.  The line name is prefix + name, both rewritten byte for byte:
  * ':', '|', '@' (the protocol's separators), ' ', control bytes (below 0x20,
