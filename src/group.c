@@ -147,20 +147,29 @@ static bool stopped(xs_group *g)
            atomic_load_explicit(&g->err, memory_order_relaxed) != 0;
 }
 
+/* Set while a go of an XS_GROUP_GO_HELPS group runs a queued task itself:
+ * that task takes no offers, or the go would not return while other goers
+ * keep offering. */
+static _Thread_local bool helping_go;
+
 /*
  * Ends one active task (or undoes a go's increment).  A published offer is
  * seen in the same CAS as the decrement would be, so it cannot be missed:
- * with `take` (and the group not stopped) it is taken — true, *f and *a
- * set, the slot kept for it — else handed back to its goer, and the slot
- * then released.  After a false return g was not touched after the
- * decrement (a waiter may have freed it): the last touch of g.
+ * with `take`, unless the group stopped or the thread should return to
+ * the pool (see group_run), it is taken — true, *f and *a set, the slot
+ * kept for it — else handed back to its goer in the same CAS that releases
+ * the slot.  After a false return g was touched after the decrement only to
+ * answer an offer (its goer, inside go, keeps g alive): otherwise that CAS
+ * is the last touch of g.
  */
 static bool end_slot(xs_group *g, bool take, xs__fn *f, void **a)
 {
     uint32_t s = atomic_load_explicit(&g->st, memory_order_relaxed);
     for (;;) {
         bool offered = s & F_OFFER;
-        bool took = offered && take && !stopped(g);
+        /* Asked only when there is an offer: the pool's queues are lines
+         * that other threads write. */
+        bool took = offered && take && !helping_go && !xs__pool_should_yield() && !stopped(g);
         uint32_t n;
         if (took) {
             n = s & ~(F_OFFER | F_WAITS); /* the slot stays, for the offer */
@@ -209,11 +218,6 @@ static void slot_release(xs_group *g)
     (void)end_slot(g, false, &f, &a);
 }
 
-/* Set while a go of an XS_GROUP_GO_HELPS group runs a queued task itself:
- * that task takes no offers, or the go would not return while other goers
- * keep offering. */
-static _Thread_local bool helping_go;
-
 /* The pool runs a task as group_run(user fn, argument, group): the task,
  * then each task offered meanwhile, in the same slot, for as long as the
  * pool's other work does not need the thread (see xs__pool_should_yield);
@@ -223,7 +227,7 @@ static void group_run(xs__fn f, void *a, void *gp)
     xs_group *g = gp;
     do
         run_one(g, f, a);
-    while (end_slot(g, !helping_go && !xs__pool_should_yield(), &f, &a));
+    while (end_slot(g, true, &f, &a));
 }
 
 /* mu held. */
