@@ -85,7 +85,7 @@ cat "$out/seed-table.txt"
 
 if command -v gnuplot >/dev/null 2>&1; then
     gnuplot <<EOF
-set terminal pngcairo size 900,600
+set terminal pngcairo size 900,600 noenhanced
 set output "$out/seed-table.png"
 set logscale xy
 set xlabel "N (distinct names)"
