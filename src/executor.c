@@ -419,12 +419,7 @@ static bool search(xpool *p)
     for (int round = 0; round < SEARCH_ROUNDS; round++) {
         if (atomic_load_explicit(&p->queued, memory_order_relaxed))
             return true;
-        if (round < SEARCH_ROUNDS / 2) {
-            for (int i = 0; i < 32; i++)
-                xs__cpu_relax();
-        } else {
-            sched_yield();
-        }
+        xs__poll_pause(round, SEARCH_ROUNDS);
     }
     return false;
 }

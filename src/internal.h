@@ -2,6 +2,7 @@
 #ifndef XSYNC_INTERNAL_H
 #define XSYNC_INTERNAL_H
 
+#include <sched.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -28,6 +29,18 @@ static inline void xs__cpu_relax(void)
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield");
 #endif
+}
+
+/* One pause of a polling loop of `rounds` rounds: a short spin in the
+ * first half, giving the CPU away in the second. */
+static inline void xs__poll_pause(int round, int rounds)
+{
+    if (round < rounds / 2) {
+        for (int i = 0; i < 32; i++)
+            xs__cpu_relax();
+    } else {
+        sched_yield();
+    }
 }
 
 /* a + b clamped to [INT64_MIN, INT64_MAX]. */

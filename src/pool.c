@@ -364,12 +364,7 @@ static bool find_work(worker *w, task *out)
     for (int round = 0; round < SEARCH_ROUNDS; round++) {
         if (look_once(w, out))
             return true;
-        if (round < SEARCH_ROUNDS / 2) {
-            for (int i = 0; i < 32; i++)
-                xs__cpu_relax();
-        } else {
-            sched_yield();
-        }
+        xs__poll_pause(round, SEARCH_ROUNDS);
     }
     return false;
 }
