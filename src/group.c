@@ -250,12 +250,19 @@ static rec *rec_get(xs_group *g)
 }
 
 /* Sleeps on st until it changes, announcing the sleep with WAITS; `s` is
- * the value last read.  Returns at once if the word moved. */
+ * the value last read, with the count full.  Returns at once if the word
+ * moved, or if the limit now in force leaves a slot free. */
 static void park_on_st(xs_group *g, uint32_t s)
 {
-    if (!(s & F_WAITS) && !atomic_compare_exchange_strong_explicit(
-                              &g->st, &s, s | F_WAITS, memory_order_relaxed, memory_order_relaxed))
+    /* An RMW even when WAITS is already set: it reads the latest value.
+     * Acquire: with the count nonzero set_limit cannot run, and through
+     * st's release sequence we see the limit it stored last. */
+    if (!atomic_compare_exchange_strong_explicit(&g->st, &s, s | F_WAITS, memory_order_acquire,
+                                                 memory_order_relaxed))
         return;
+    int lim = atomic_load_explicit(&g->limit, memory_order_relaxed);
+    if (lim < 0 || (s & COUNT_MASK) < (uint32_t)lim)
+        return; /* raised since our caller read it (st went through 0) */
     xs__park_wait(&g->st, s | F_WAITS, XS_FOREVER);
 }
 
@@ -296,17 +303,26 @@ static void wake_waits(xs_group *g)
         xs__park_wake(&g->st, INT32_MAX);
 }
 
-/* Takes our published offer back (true), unless a task that ended took or
- * refused it first (false: its answer follows on the offer's state). */
-static bool withdraw(xs_group *g)
+/* Takes our published offer `o` back (true), unless a task that ended
+ * took or refused it first (false: its answer is on o's state).  The OFFER
+ * we clear may by then be another goer's: whoever clears OFFER answers the
+ * offer in the mailbox, so we refuse that one. */
+static bool withdraw(xs_group *g, offer *o)
 {
     uint32_t s = atomic_load_explicit(&g->st, memory_order_relaxed);
     while (s & F_OFFER)
-        if (atomic_compare_exchange_weak_explicit(&g->st, &s, s & ~F_OFFER, memory_order_relaxed,
+        /* Acquire: the mailbox as its publisher wrote it. */
+        if (atomic_compare_exchange_weak_explicit(&g->st, &s, s & ~F_OFFER, memory_order_acquire,
                                                   memory_order_relaxed)) {
+            offer *m = atomic_load_explicit(&g->offer, memory_order_relaxed);
             atomic_store_explicit(&g->offer, NULL, memory_order_relaxed);
+            if (m != o) {
+                /* Release: as end_slot's answer. */
+                atomic_store_explicit(&m->state, O_REFUSED, memory_order_release);
+                xs__park_wake(&m->state, 1);
+            }
             wake_waits(g);
-            return true;
+            return m == o;
         }
     return false;
 }
@@ -324,9 +340,10 @@ static bool withdraw(xs_group *g)
 static bool wait_full(xs_group *g, offer *o)
 {
     if (g->flags & XS_GROUP_GO_HELPS) {
+        bool outer = helping_go; /* a helped task may itself be a go that helps */
         helping_go = true;
         bool ran = xs__pool_help(g->pool, group_run, g);
-        helping_go = false;
+        helping_go = outer;
         if (ran)
             return false;
     }
@@ -350,7 +367,7 @@ static bool wait_full(xs_group *g, offer *o)
                  * release sequence).  If it was raised since we read it,
                  * the count is not full: take the offer back. */
                 int now = atomic_load_explicit(&g->limit, memory_order_relaxed);
-                if ((now < 0 || (s & COUNT_MASK) < (uint32_t)now) && withdraw(g))
+                if ((now < 0 || (s & COUNT_MASK) < (uint32_t)now) && withdraw(g, o))
                     return false;
                 return wait_offer(o);
             }

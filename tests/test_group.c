@@ -721,6 +721,64 @@ TEST_T(group_chain_of_handed_off_tasks_lets_queued_pool_work_run, 60)
     th_event_destroy(&c.plain_ran);
 }
 
+/* Stress: set_limit racing goers.  set_limit succeeds only at the moments
+ * nothing is active, so goers that read an older limit must never sleep
+ * under it nor hand their task over twice: every task runs exactly once
+ * and every go returns. */
+typedef struct relimit {
+    xs_group *g;
+    _Atomic int ran, stop, changed;
+} relimit;
+
+static int relimit_task(xs_ctx *ctx, void *arg)
+{
+    (void)ctx;
+    relimit *r = arg;
+    atomic_fetch_add(&r->ran, 1);
+    return 0;
+}
+
+static void *relimit_goer(void *arg)
+{
+    relimit *r = arg;
+    for (int i = 0; i < 3000; i++)
+        if (xs_group_go(r->g, relimit_task, r) != 0)
+            atomic_fetch_add(&r->ran, 1000000);
+    return NULL;
+}
+
+static void *relimit_setter(void *arg)
+{
+    relimit *r = arg;
+    for (unsigned i = 0; !atomic_load(&r->stop); i++)
+        if (xs_group_set_limit(r->g, 1 + (int)(i % 4)) == 0)
+            atomic_fetch_add(&r->changed, 1);
+    return NULL;
+}
+
+TEST_T(group_stress_set_limit_races_goers, 120)
+{
+    xs_pool_opts po = {.workers = 2};
+    xs_pool *p;
+    ASSERT_EQ(xs_pool_new(&po, &p), 0);
+    relimit r = {0};
+    xs_group_opts o = {.pool = p, .limit = 1};
+    ASSERT_EQ(xs_group_new(NULL, &o, &r.g, NULL), 0);
+    pthread_t set, go[3];
+    ASSERT_EQ(pthread_create(&set, NULL, relimit_setter, &r), 0);
+    for (int i = 0; i < 3; i++)
+        ASSERT_EQ(pthread_create(&go[i], NULL, relimit_goer, &r), 0);
+    for (int i = 0; i < 3; i++)
+        pthread_join(go[i], NULL);
+    atomic_store(&r.stop, 1);
+    pthread_join(set, NULL);
+    EXPECT_EQ(xs_group_wait(r.g), 0);
+    EXPECT_EQ(atomic_load(&r.ran), 3 * 3000);
+    printf("    the limit changed %d times meanwhile\n", atomic_load(&r.changed));
+    EXPECT_EQ(xs_group_free(r.g), 0);
+    EXPECT_EQ(xs_pool_free(p), 0);
+}
+
 /* Stress: cancellation racing completion.  Many rounds of a group whose
  * tasks either fail with their own code, wait on the group's context, or
  * return at once; wait must return one of the failures (or 0 if none) and
