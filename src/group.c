@@ -263,6 +263,10 @@ static void park_on_st(xs_group *g, uint32_t s)
     int lim = atomic_load_explicit(&g->limit, memory_order_relaxed);
     if (lim < 0 || (s & COUNT_MASK) < (uint32_t)lim)
         return; /* raised since our caller read it (st went through 0) */
+    /* A task that cleared OFFER before our WAITS empties the mailbox after
+     * its CAS, without waking us: if it is free now, try it. */
+    if (!(s & F_OFFER) && !atomic_load_explicit(&g->offer, memory_order_relaxed))
+        return;
     xs__park_wait(&g->st, s | F_WAITS, XS_FOREVER);
 }
 
