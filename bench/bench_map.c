@@ -118,8 +118,8 @@ static uint64_t thread_seed(const xs_bench_pb *pb, uint64_t run)
  *
  * As in the seed: success and error counters and a latency sum per name.
  * The counters are built the way metrics libraries (and this library's
- * stats registry) build counters that every thread adds to: striped, one
- * cache line per stripe, as many stripes as CPUs (rounded up to a power of
+ * stats registry) build counters that every thread adds to: striped, 128
+ * bytes per stripe (see STRIPE_BYTES), as many stripes as CPUs (rounded up to a power of
  * two), each thread adding to its own stripe and a read summing them — an
  * add is still one atomic instruction, and never has to pull a line out of
  * another core's cache.  All three caches use this same stat set.
@@ -127,16 +127,22 @@ static uint64_t thread_seed(const xs_bench_pb *pb, uint64_t run)
  * first stripe, a plain shared word, to show what the sharing alone costs.
  */
 
+/* 128 bytes apart, and apart from the header that every thread reads: a
+ * core that reads one line of an aligned 128-byte pair tends to prefetch
+ * the other, so a line written by another core beside it bounces as if
+ * shared. */
+#define STRIPE_BYTES 128
+
 typedef struct stripe {
     _Atomic int64_t v;
-    char pad_[56];
+    char pad_[STRIPE_BYTES - sizeof(int64_t)];
 } stripe;
 
 typedef struct stat_set {
     stripe *success;     /* nstripes lines, then as many for errors */
     stripe *error;
     _Atomic int64_t latency_ns;
-    void *block;         /* what was allocated (stripes are 64-byte aligned in it) */
+    void *block;         /* what was allocated (stripes are 128-byte aligned in it) */
     size_t size;
     const xs_allocator *alloc;
 } stat_set;
@@ -156,13 +162,13 @@ static stat_set *stat_set_new(void)
 {
     /* the counting allocator while a run is timed, as Go counts mallocs */
     const xs_allocator *a = xs_allocator_default();
-    size_t size = sizeof(stat_set) + 64 + 2 * (size_t)nstripes * sizeof(stripe);
+    size_t size = sizeof(stat_set) + STRIPE_BYTES + 2 * (size_t)nstripes * sizeof(stripe);
     char *blk = a->alloc(a->state, size);
     if (!blk)
         return NULL;
     memset(blk, 0, size);
     stat_set *s = (stat_set *)(void *)blk;
-    uintptr_t lines = ((uintptr_t)(blk + sizeof *s) + 63) & ~(uintptr_t)63;
+    uintptr_t lines = ((uintptr_t)(blk + sizeof *s) + STRIPE_BYTES - 1) & ~(uintptr_t)(STRIPE_BYTES - 1);
     s->success = (stripe *)lines;
     s->error = s->success + nstripes;
     s->block = blk;

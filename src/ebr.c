@@ -76,7 +76,7 @@ xs__ebr_rec *xs__ebr_register(void)
             break;
     }
     if (!r) {
-        r = aligned_alloc(64, sizeof *r);
+        r = aligned_alloc(128, sizeof *r);
         if (!r)
             return NULL;
         memset(r, 0, sizeof *r);

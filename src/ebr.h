@@ -79,13 +79,16 @@ typedef struct xs__ebr_list {
     void *ctx;                         /* passed to every free_fn */
 } xs__ebr_list;
 
-/* Per-thread record (internal; visible for the inline fast path). */
+/* Per-thread record (internal; visible for the inline fast path).  128
+ * bytes, 128-aligned: every guard writes it, and a core that reads one line
+ * of an aligned 128-byte pair tends to pull in the other, so two records in
+ * one pair would bounce between their threads' cores. */
 typedef struct xs__ebr_rec {
     _Atomic uint64_t epoch;   /* 0: quiescent; else 2*E+1 while in a guard */
     uint32_t nest;            /* guard depth, touched only by the owner */
     _Atomic int used;         /* owned by a live thread */
     struct xs__ebr_rec *next; /* immutable once published */
-    char pad_[64 - 8 - 4 - 4 - sizeof(void *)];
+    char pad_[128 - 8 - 4 - 4 - sizeof(void *)];
 } xs__ebr_rec;
 
 extern _Atomic uint64_t xs__ebr_global;
